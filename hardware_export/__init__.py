@@ -1,0 +1,1 @@
+"""Exporters of trained spikelfp networks to NIR and HDF5 (to come)."""

@@ -1,0 +1,247 @@
+"""Feedback propagation through one layer, in closed form (spec sections 3, 3b, 4).
+
+For a LIF layer the membrane v_t is a sum of contributions (temporal z^u_t, synaptic
+z_{t,ij} = W_ji x_{t,i}, bias b_j). Going backwards in time, with c_T = 0::
+
+    F_t     = r_t + c_t                  feedback at the membrane (max-abs normalized)
+    n_t     = F_t / D_t                  D_t depends on the rule
+    c_{t-1} = z^u_t * n_t                temporal feedback to v_{t-1}
+    r^below = x_t * (n_t W)              feedback sent to the layer below
+    G_W     = |W| * sum_b sum_t n_t^T x_t / B,   G_b = |b| * sum_b sum_t n_t / B
+
+Only the reverse scan over t is sequential (elementwise on [B, ...]); everything else is one
+matrix multiply (or convolution) over all T*B rows. No autograd is used; the Heaviside spike
+is passed straight through. The non-spiking ReLU mode is the same with z^u = 0 and T = 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as Fn
+
+from .lif import temporal_contribution, total_contribution
+from .rules import TEMPORAL_MODES, Rule, check_norm_scope, maxabs_normalize
+
+Tensor = torch.Tensor
+
+
+class LayerFeedback(NamedTuple):
+    """What one layer's feedback pass produces.
+
+    grad_weight, grad_bias: G, the direction of improvement (``param.grad = -G``).
+    below: feedback sent to the input of this layer, ``[T, B, *in]`` (None if not asked for).
+    feedback: F_t at the membrane after normalization, ``[T, B, *out]`` (with ``details``).
+    temporal: c_t, the temporal feedback arriving at v_t from step t+1 (with ``details``).
+    n: F_t / D_t (for alphabeta, a pair (n+, n-)) (with ``details``).
+    """
+
+    grad_weight: Optional[Tensor]
+    grad_bias: Optional[Tensor]
+    below: Optional[Tensor]
+    feedback: Optional[Tensor] = None
+    temporal: Optional[Tensor] = None
+    n: Optional[Union[Tensor, tuple]] = None
+
+
+def _neuron_view(p: Tensor, neuron_dims: int) -> Tensor:
+    """Bias [C] as a per-neuron tensor broadcastable to [..., C, *spatial]."""
+    return p.reshape(p.shape[0], *([1] * (neuron_dims - 1)))
+
+
+def synaptic_layer_feedback(
+    r: Tensor,
+    x: Tensor,
+    membrane: Tensor,
+    spikes: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    ops,
+    *,
+    beta=0.9,
+    threshold=1.0,
+    reset: str = "subtract",
+    spiking: bool = True,
+    rule: Rule = Rule(),
+    normalize: Optional[str] = "step",
+    temporal: str = "relevance",
+    batch_reduction: str = "mean",
+    need_below: bool = True,
+    details: bool = False,
+) -> LayerFeedback:
+    """Propagate the feedback ``r`` (arriving at this layer's output, ``[T, B, *out]``) through a
+    synaptic layer (Linear/Conv2d + LIF, or + ReLU when ``spiking=False``).
+
+    ``x`` is the layer's input ``[T, B, *in]``, or one frame ``[B, *in]`` when the input is
+    constant over time (then G_W needs one correlation with sum_t n_t instead of T).
+    ``membrane`` and ``spikes`` are the forward's v_t and s_t (for ReLU: pre-activation and
+    activation). Returns :class:`LayerFeedback`.
+    """
+    normalize = check_norm_scope(normalize)
+    if temporal not in TEMPORAL_MODES:
+        raise ValueError(f"temporal={temporal!r} is not allowed; use one of {TEMPORAL_MODES}")
+    if batch_reduction not in ("mean", "sum"):
+        raise ValueError(f"batch_reduction={batch_reduction!r}; use 'mean' or 'sum'")
+    W = weight.detach()
+    b = bias.detach() if bias is not None else None
+    x = x.detach()
+    T, B = membrane.shape[0], membrane.shape[1]
+    neuron_dims = membrane.dim() - 2
+    const = x.dim() == membrane.dim() - 1
+    eps = rule.epsilon
+
+    # Contributions to the membrane: z = z^u + W x + b.
+    if spiking:
+        zu = temporal_contribution(membrane, spikes, beta, reset)
+        z = total_contribution(membrane, spikes, threshold, reset)
+    else:
+        zu = torch.zeros_like(membrane)
+        z = membrane
+    bview = _neuron_view(b, neuron_dims) if b is not None else None
+
+    ab = rule.name == "alphabeta"
+    signed = bool((x < 0).any()) if ab else False
+    if ab:
+        xp = x.clamp(min=0)
+        xn = x.clamp(max=0) if signed else None
+        Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+        Zp = ops.forward(xp, Wp, None) + zu.clamp(min=0)
+        Zn = ops.forward(xp, Wn, None) + zu.clamp(max=0)
+        if signed:
+            Zp = Zp + ops.forward(xn, Wn, None)
+            Zn = Zn + ops.forward(xn, Wp, None)
+        if bview is not None:
+            Zp = Zp + bview.clamp(min=0)
+            Zn = Zn + bview.clamp(max=0)
+        scale_p = rule.alpha / (Zp + eps)
+        scale_n = rule.beta / (Zn.abs() + eps)
+        tmask = zu > 0
+    else:
+        if rule.name == "zero":
+            D = z.abs()
+        elif rule.name == "epsilon":
+            D = z.abs() + eps
+        elif rule.name == "zplus_zminus":
+            D = zu.abs() + ops.forward(x.abs(), W.abs(), None) + eps
+            if bview is not None:
+                D = D + bview.abs()
+            D = D.expand_as(z)
+        elif rule.name == "lfprop":
+            prev_v = torch.zeros_like(membrane)
+            prev_v[1:] = membrane[:-1]
+            D = prev_v.abs() + (z - prev_v).abs() + eps
+            zu = torch.as_tensor(beta, dtype=membrane.dtype, device=membrane.device) * prev_v
+        else:  # pragma: no cover - make_rule guards this
+            raise ValueError(rule.name)
+        nonzero = D > 0
+        D = torch.where(nonzero, D, torch.ones_like(D))
+        tfac = zu.abs() if temporal == "direction" else zu
+
+    if normalize == "layer":
+        r = maxabs_normalize(r)
+
+    # Reverse scan over time: only elementwise work on [B, *out] per step.
+    c = torch.zeros_like(r[0])
+    ns, nps, nns, Fs, cs = [], [], [], [], []
+    for t in range(T - 1, -1, -1):
+        F = r[t] + c
+        if normalize == "step":
+            F = maxabs_normalize(F)
+        elif normalize == "sample":
+            F = maxabs_normalize(F, per_sample=True)
+        if details:
+            Fs.append(F)
+            cs.append(c)
+        if ab:
+            n_p = F * scale_p[t]
+            n_n = F * scale_n[t]
+            nps.append(n_p)
+            nns.append(n_n)
+            tz = zu[t].abs() if temporal == "direction" else zu[t]
+            c = tz * torch.where(tmask[t], n_p, n_n)
+        else:
+            n = F / D[t]
+            if rule.name == "zero":
+                n = torch.where(nonzero[t], n, torch.zeros_like(n))
+            ns.append(n)
+            c = tfac[t] * n
+
+    def stack(seq):
+        return torch.stack(seq[::-1])
+
+    absW = W.abs()
+    if ab:
+        n_p, n_n = stack(nps), stack(nns)
+        sp, sn = (n_p.sum(0), n_n.sum(0)) if const else (n_p, n_n)
+        pos_w = ops.correlate(sp, xp, W.shape)  # terms W>0, x>0 are positive
+        neg_w = ops.correlate(sn, xp, W.shape)  # terms W<0, x>0 are negative
+        if signed:
+            pos_w = pos_w + ops.correlate(sn, xn, W.shape)
+            neg_w = neg_w + ops.correlate(sp, xn, W.shape)
+        G_W = absW * torch.where(W > 0, pos_w, neg_w)
+        G_b = None
+        if b is not None:
+            G_b = b.abs() * torch.where(b > 0, ops.bias_sum(n_p), ops.bias_sum(n_n))
+        below = None
+        if need_below:
+            below = xp * (ops.transpose(n_p, Wp, x.shape) + ops.transpose(n_n, Wn, x.shape))
+            if signed:
+                below = below + xn * (ops.transpose(n_p, Wn, x.shape) + ops.transpose(n_n, Wp, x.shape))
+        n_out = (n_p, n_n)
+    else:
+        n = stack(ns)
+        G_W = absW * ops.correlate(n.sum(0) if const else n, x, W.shape)
+        G_b = b.abs() * ops.bias_sum(n) if b is not None else None
+        below = x * ops.transpose(n, W, x.shape) if need_below else None
+        n_out = n
+
+    if batch_reduction == "mean":
+        G_W = G_W / B
+        if G_b is not None:
+            G_b = G_b / B
+    if not details:
+        return LayerFeedback(G_W, G_b, below)
+    return LayerFeedback(G_W, G_b, below, stack(Fs), stack(cs), n_out)
+
+
+# ----------------------------------------------------------------------------- stateless layers
+
+
+def flatten_feedback(r: Tensor, frame_shape: Sequence[int]) -> Tensor:
+    """Flatten: the feedback ``[T, B, N]`` is reshaped back to ``[T, B, *frame_shape]``."""
+    return r.reshape(*r.shape[:2], *frame_shape)
+
+
+def avgpool_feedback(r: Tensor, x: Tensor, kernel_size, stride, padding, epsilon: float = 1e-6) -> Tensor:
+    """Average pooling as a fixed linear layer under the epsilon rule.
+
+    z_j = mean of its window; n = F / (|z| + eps); r^below_i = x_i * sum_j (1/k) n_j.
+    ``r`` is ``[T, B, C, H', W']``, ``x`` the input ``[T, B, C, H, W]`` or a constant frame.
+    """
+    T = r.shape[0]
+    xs = x.expand(T, *x.shape) if x.dim() == r.dim() - 1 else x
+    rows = xs.reshape(-1, *xs.shape[-3:])
+    z = Fn.avg_pool2d(rows, kernel_size, stride, padding)
+    n = r.reshape(z.shape) / (z.abs() + epsilon)
+    back = torch.ops.aten.avg_pool2d_backward(
+        n, rows, _pair(kernel_size), _pair(stride if stride is not None else kernel_size),
+        _pair(padding), False, True, None,
+    )
+    return (rows * back).reshape(xs.shape)
+
+
+def maxpool_feedback(r: Tensor, x: Tensor, kernel_size, stride, padding, dilation=1) -> Tensor:
+    """Max pooling routes each window's feedback to its selected input (none if that input is 0)."""
+    T = r.shape[0]
+    xs = x.expand(T, *x.shape) if x.dim() == r.dim() - 1 else x
+    rows = xs.reshape(-1, *xs.shape[-3:])
+    _, idx = Fn.max_pool2d(rows, kernel_size, stride, padding, dilation, return_indices=True)
+    out = torch.zeros_like(rows).flatten(2)
+    out.scatter_add_(2, idx.flatten(2), r.reshape(idx.shape).flatten(2))
+    out = out.reshape(rows.shape) * (rows != 0).to(rows.dtype)
+    return out.reshape(xs.shape)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)

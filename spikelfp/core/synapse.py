@@ -1,0 +1,74 @@
+"""Linear-algebra primitives of the synaptic maps (Linear, Conv2d).
+
+Each map provides three closed-form operations, all applied to a batch of rows at once (T*B
+rows, or B rows for a constant input). None uses autograd:
+
+    forward(x, W, b)          I = W x + b
+    transpose(n, W, x_shape)  (n W): the feedback ``n`` sent back through W to the input shape
+    correlate(n, x, W_shape)  sum over rows of n^T x: a weight-shaped correlation
+
+For Conv2d the transpose is a transposed convolution and the correlation is the
+weight-gradient-shaped correlation (``torch.nn.grad.conv2d_weight``): linear-algebra
+primitives, not autograd of the network (spec section 4).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as Fn
+
+Tensor = torch.Tensor
+
+
+class LinearOps(NamedTuple):
+    """Dense synapses: x [..., N_in], W [N_out, N_in]."""
+
+    def forward(self, x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
+        return Fn.linear(x, W, b)
+
+    def transpose(self, n: Tensor, W: Tensor, x_shape: Tuple[int, ...]) -> Tensor:
+        return n @ W
+
+    def correlate(self, n: Tensor, x: Tensor, W_shape: Tuple[int, ...]) -> Tensor:
+        return n.reshape(-1, n.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+
+    def bias_sum(self, n: Tensor) -> Tensor:
+        return n.reshape(-1, n.shape[-1]).sum(0)
+
+
+class Conv2dOps(NamedTuple):
+    """2-D convolution synapses: x [..., C, H, W], W [C_out, C_in/groups, kH, kW]."""
+
+    stride: Tuple[int, int] = (1, 1)
+    padding: Tuple[int, int] = (0, 0)
+    dilation: Tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def _rows(self, x: Tensor) -> Tensor:
+        return x.reshape(-1, *x.shape[-3:])
+
+    def forward(self, x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
+        lead = x.shape[:-3]
+        out = Fn.conv2d(self._rows(x), W, b, self.stride, self.padding, self.dilation, self.groups)
+        return out.reshape(*lead, *out.shape[1:])
+
+    def transpose(self, n: Tensor, W: Tensor, x_shape: Tuple[int, ...]) -> Tensor:
+        lead = n.shape[:-3]
+        rows = self._rows(n)
+        in_shape = (rows.shape[0], *x_shape[-3:])
+        out = torch.nn.grad.conv2d_input(
+            in_shape, W, rows, self.stride, self.padding, self.dilation, self.groups
+        )
+        return out.reshape(*lead, *out.shape[1:])
+
+    def correlate(self, n: Tensor, x: Tensor, W_shape: Tuple[int, ...]) -> Tensor:
+        return torch.nn.grad.conv2d_weight(
+            self._rows(x), W_shape, self._rows(n), self.stride, self.padding, self.dilation,
+            self.groups,
+        )
+
+    def bias_sum(self, n: Tensor) -> Tensor:
+        rows = self._rows(n)
+        return rows.sum(dim=(0, 2, 3))

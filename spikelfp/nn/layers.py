@@ -1,0 +1,296 @@
+"""Layers: thin ``torch.nn.Module`` wrappers over :mod:`spikelfp.core`.
+
+Every layer works on whole sequences. Its ``run(x)`` takes the input ``[T, B, ...]`` (or one
+constant frame ``[B, ...]`` with ``steps``), returns the output sequence and a record of what
+the LFP backward needs; its ``feedback(r, record, ...)`` propagates the feedback ``r`` arriving
+at its output and returns the parameter directions G and the feedback sent below.
+
+Synaptic layers (:class:`LIFLinear`, :class:`LIFConv2d`, :class:`ReLULinear`) hold ``weight``
+and ``bias`` parameters shaped as in ``torch.nn.Linear`` / ``torch.nn.Conv2d``, and ``beta`` /
+``threshold`` buffers (scalar or per neuron). Stateless layers (:class:`Flatten`,
+:class:`AvgPool2d`, :class:`MaxPool2d`) act per frame and keep a constant input constant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as Fn
+
+from ..core.feedback import (
+    LayerFeedback,
+    avgpool_feedback,
+    flatten_feedback,
+    maxpool_feedback,
+    synaptic_layer_feedback,
+)
+from ..core.lif import RESETS, check_lif_parameters, lif_scan
+from ..core.synapse import Conv2dOps, LinearOps
+
+Tensor = torch.Tensor
+
+
+class LayerRecord(NamedTuple):
+    """What the forward keeps for the feedback pass of one layer.
+
+    x: the layer's input, ``[T, B, *in]``, or one frame ``[B, *in]`` if constant over time.
+    membrane, spikes: v_t and s_t ``[T, B, *out]`` (ReLU mode: pre-activation and activation;
+    None for stateless layers).
+    """
+
+    x: Tensor
+    membrane: Optional[Tensor] = None
+    spikes: Optional[Tensor] = None
+
+
+def _pair(v) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class _Synaptic(nn.Module):
+    """Common part of a synaptic map followed by a LIF (or ReLU) population."""
+
+    spiking = True
+    kind = "synaptic"
+
+    def __init__(self, beta, threshold, reset: str):
+        super().__init__()
+        check_lif_parameters(beta, threshold, reset, where=type(self).__name__)
+        self.reset = reset
+        self.register_buffer("beta", torch.as_tensor(beta, dtype=torch.get_default_dtype()).clone())
+        self.register_buffer(
+            "threshold", torch.as_tensor(threshold, dtype=torch.get_default_dtype()).clone()
+        )
+
+    # subclasses set self.ops and implement _check_input / _neuron_param
+    def _neuron_param(self, p: Tensor) -> Tensor:
+        return p
+
+    def current(self, x: Tensor) -> Tensor:
+        """Synaptic current I = W x + b for a batch of frames (any leading dims)."""
+        self._check_input(x)
+        return self.ops.forward(x, self.weight, self.bias)
+
+    def run(self, x: Tensor, steps: Optional[int] = None,
+            spike_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, LayerRecord]:
+        """Run the layer on ``x`` ([T, B, *in], or a constant frame [B, *in] with ``steps``)."""
+        current = self.current(x)  # one matmul/convolution for all rows
+        beta, theta = self._neuron_param(self.beta), self._neuron_param(self.threshold)
+        if not self.spiking:
+            v = current if steps is None else current.unsqueeze(0).expand(steps, *current.shape)
+            a = torch.relu(v) if self.relu else v
+            return a, LayerRecord(x, v, a)
+        s, v = lif_scan(current, beta, theta, self.reset, steps=steps, spike_fn=spike_fn)
+        return s, LayerRecord(x, v, s)
+
+    def forward(self, x: Tensor, steps: Optional[int] = None) -> Tensor:
+        """Output spikes ``[T, B, *out]`` for an input sequence (or constant frame with ``steps``)."""
+        return self.run(x, steps)[0]
+
+    def feedback(self, r: Tensor, record: LayerRecord, rule, need_below: bool = True,
+                 details: bool = False, **options) -> LayerFeedback:
+        """LFP through this layer: see :func:`spikelfp.core.feedback.synaptic_layer_feedback`."""
+        return synaptic_layer_feedback(
+            r, record.x, record.membrane, record.spikes, self.weight, self.bias, self.ops,
+            beta=self._neuron_param(self.beta), threshold=self._neuron_param(self.threshold),
+            reset=self.reset, spiking=self.spiking, rule=rule, need_below=need_below,
+            details=details, **options,
+        )
+
+    def extra_repr(self) -> str:
+        def show(p):
+            return f"{p.item():g}" if p.numel() == 1 else f"tensor{tuple(p.shape)}"
+
+        if not self.spiking:
+            return ""
+        return f"beta={show(self.beta)}, threshold={show(self.threshold)}, reset={self.reset!r}"
+
+
+class LIFLinear(_Synaptic):
+    """Dense synapses + LIF neurons: ``I = x W^T + b``, then the LIF membrane.
+
+    Args:
+        in_features, out_features, bias: as ``torch.nn.Linear`` (same init and parameter shapes).
+        beta: decay in (0, 1]; scalar or per-neuron tensor ``[out_features]``.
+        threshold: theta > 0; scalar or per-neuron tensor ``[out_features]``.
+        reset: ``"subtract"`` (default) or ``"zero"``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, beta=0.9,
+                 threshold=1.0, reset: str = "subtract", device=None, dtype=None):
+        super().__init__(beta, threshold, reset)
+        ref = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = ref.weight
+        self.bias = ref.bias
+        self.ops = LinearOps()
+        for name in ("beta", "threshold"):
+            p = getattr(self, name)
+            if p.numel() != 1 and tuple(p.shape) != (out_features,):
+                raise ValueError(
+                    f"{type(self).__name__}: {name} has shape {tuple(p.shape)}; use a scalar or "
+                    f"shape ({out_features},)"
+                )
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() < 2 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}({self.in_features}->{self.out_features}): input shape "
+                f"{tuple(x.shape)} must end in {self.in_features} features"
+            )
+
+    def extra_repr(self) -> str:
+        base = f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+        rest = super().extra_repr()
+        return f"{base}, {rest}" if rest else base
+
+
+class ReLULinear(LIFLinear):
+    """Non-spiking mode of the same layer: ``a = relu(x W^T + b)`` (or identity with
+    ``relu=False``), no membrane, meant for T = 1. The test bed for Theorem 1."""
+
+    spiking = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, relu: bool = True,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.relu = relu
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, relu={self.relu}"
+
+
+class LIFConv2d(_Synaptic):
+    """2-D convolution synapses + LIF neurons (inputs ``[..., C, H, W]``).
+
+    ``beta`` / ``threshold``: scalar, per channel ``[C_out]``, or per neuron ``[C_out, H', W']``.
+    Other arguments as ``torch.nn.Conv2d`` (zero padding only).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, beta=0.9, threshold=1.0,
+                 reset: str = "subtract", device=None, dtype=None):
+        super().__init__(beta, threshold, reset)
+        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                        bias, device=device, dtype=dtype)
+        if isinstance(ref.padding, str):
+            raise ValueError("LIFConv2d: padding must be an int or a pair, not a string")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = ref.kernel_size, ref.stride
+        self.padding, self.dilation, self.groups = ref.padding, ref.dilation, groups
+        self.weight, self.bias = ref.weight, ref.bias
+        self.ops = Conv2dOps(ref.stride, ref.padding, ref.dilation, groups)
+        for name in ("beta", "threshold"):
+            p = getattr(self, name)
+            if p.numel() != 1 and p.shape[0] != out_channels:
+                raise ValueError(
+                    f"LIFConv2d: {name} has shape {tuple(p.shape)}; use a scalar, ({out_channels},) "
+                    f"or ({out_channels}, H_out, W_out)"
+                )
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    def _neuron_param(self, p: Tensor) -> Tensor:
+        return p.reshape(-1, 1, 1) if p.dim() == 1 else p
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() < 4 or x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"LIFConv2d({self.in_channels}->{self.out_channels}): input shape {tuple(x.shape)} "
+                f"must be [..., {self.in_channels}, H, W]"
+            )
+
+    def extra_repr(self) -> str:
+        base = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+        return f"{base}, {super().extra_repr()}"
+
+
+class _Stateless(nn.Module):
+    """A per-frame map without parameters (keeps a constant input constant)."""
+
+    spiking = False
+    kind = "stateless"
+
+    def _apply_frames(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, x: Tensor, steps: Optional[int] = None, spike_fn=None):
+        return self._apply_frames(x), LayerRecord(x)
+
+    def forward(self, x: Tensor, steps: Optional[int] = None) -> Tensor:
+        return self.run(x, steps)[0]
+
+
+class Flatten(_Stateless):
+    """Flatten each frame: ``[T, B, *frame] -> [T, B, prod(frame)]``. ``frame_dims`` is the number
+    of trailing dimensions that form one frame (3 for C, H, W)."""
+
+    def __init__(self, frame_dims: int = 3):
+        super().__init__()
+        self.frame_dims = frame_dims
+
+    def _apply_frames(self, x: Tensor) -> Tensor:
+        if x.dim() < self.frame_dims + 1:
+            raise ValueError(f"Flatten: input shape {tuple(x.shape)} has fewer than "
+                             f"{self.frame_dims} frame dimensions after the batch")
+        return x.flatten(start_dim=x.dim() - self.frame_dims)
+
+    def feedback(self, r: Tensor, record: LayerRecord, rule=None, need_below: bool = True,
+                 details: bool = False, **options) -> LayerFeedback:
+        below = flatten_feedback(r, record.x.shape[-self.frame_dims:]) if need_below else None
+        return LayerFeedback(None, None, below)
+
+
+class _Pool(_Stateless):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel_size
+        self.padding = _pair(padding)
+
+    def _rows(self, x: Tensor, fn) -> Tensor:
+        if x.dim() < 4:
+            raise ValueError(f"{type(self).__name__}: input shape {tuple(x.shape)} must be [..., C, H, W]")
+        lead = x.shape[:-3]
+        out = fn(x.reshape(-1, *x.shape[-3:]))
+        return out.reshape(*lead, *out.shape[1:])
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(_Pool):
+    """Average pooling of each frame; LFP treats it as a fixed linear layer (epsilon rule)."""
+
+    def _apply_frames(self, x: Tensor) -> Tensor:
+        return self._rows(x, lambda v: Fn.avg_pool2d(v, self.kernel_size, self.stride, self.padding))
+
+    def feedback(self, r, record, rule=None, need_below=True, details=False, **options):
+        eps = rule.epsilon if rule is not None and rule.epsilon > 0 else 1e-6
+        below = (avgpool_feedback(r, record.x, self.kernel_size, self.stride, self.padding, eps)
+                 if need_below else None)
+        return LayerFeedback(None, None, below)
+
+
+class MaxPool2d(_Pool):
+    """Max pooling of each frame (on spikes); LFP routes feedback to the selected input."""
+
+    def _apply_frames(self, x: Tensor) -> Tensor:
+        return self._rows(x, lambda v: Fn.max_pool2d(v, self.kernel_size, self.stride, self.padding))
+
+    def feedback(self, r, record, rule=None, need_below=True, details=False, **options):
+        below = (maxpool_feedback(r, record.x, self.kernel_size, self.stride, self.padding)
+                 if need_below else None)
+        return LayerFeedback(None, None, below)
+
+
+__all__ = [
+    "LayerRecord", "LIFLinear", "ReLULinear", "LIFConv2d", "Flatten", "AvgPool2d", "MaxPool2d",
+    "RESETS",
+]
