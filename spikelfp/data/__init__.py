@@ -1,0 +1,11 @@
+"""Data: static image sets (digits, MNIST, Fashion-MNIST), event sets (tonic) and encoders."""
+
+from .encoders import ENCODERS, get_encoder, is_constant, normalize_constant
+from .registry import DataBundle, build_data, dataset_names, make_loader, register_dataset
+from .static import DataError, load_digits_arrays, load_idx_dataset
+
+__all__ = [
+    "DataBundle", "DataError", "ENCODERS", "build_data", "dataset_names", "get_encoder",
+    "is_constant", "load_digits_arrays", "load_idx_dataset", "make_loader", "normalize_constant",
+    "register_dataset",
+]

@@ -1,0 +1,164 @@
+"""The ``spikelfp`` console script: ``train``, ``eval`` (and ``export``, ``report`` where installed).
+
+Bad input (unknown config keys, values out of range, a missing data root, an unknown
+dataset/model/optimizer, CUDA asked for but absent) prints one line and exits with code 2,
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import List, Optional
+
+from . import __version__
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="digits (default, embedded) | mnist | fashion_mnist | nmnist | ...")
+    p.add_argument("--data-root", dest="data_root", help="folder holding the data set (torchvision/tonic layout)")
+    p.add_argument("--download", action="store_true", default=None, help="allow downloading a missing data set")
+    p.add_argument("--limit", type=int, help="use at most this many training samples")
+    p.add_argument("--test-limit", dest="test_limit", type=int, help="use at most this many test samples")
+    p.add_argument("--steps", type=int, help="time steps T per sample")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a spiking network (LFP by default)",
+                       description="Train a spiking network. Values: defaults <- --config YAML <- flags.")
+    p.add_argument("--config", help="YAML file with config keys (see README)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    _add_common(p)
+    p.add_argument("--encoder", help="constant | poisson | latency | delta")
+    p.add_argument("--model", help="mlp | lenet | convnet")
+    p.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths, e.g. --hidden 1000")
+    p.add_argument("--beta", type=float, help="membrane decay in (0, 1]")
+    p.add_argument("--threshold", type=float, help="firing threshold > 0")
+    p.add_argument("--reset", help="subtract | zero")
+    p.add_argument("--trainer", help="lfp | surrogate | finetune")
+    p.add_argument("--rule", help="LFP rule: epsilon | zero | zplus_zminus | alphabeta | lfprop")
+    p.add_argument("--reward", help="sequence (Eq. A.16) | eq7 | plusminus")
+    p.add_argument("--normalize", help="max-abs scope: step | layer | sample | off")
+    p.add_argument("--clip-norm", dest="clip_norm", type=float, help="global-norm clipping of G")
+    p.add_argument("--agc", type=float, help="adaptive gradient clipping factor")
+    p.add_argument("--surrogate", help="atan | fast_sigmoid (surrogate trainer)")
+    p.add_argument("--loss", help="ce_count | mse_count (surrogate trainer)")
+    p.add_argument("--finetune-iters", dest="finetune_iters", type=int,
+                   help="surrogate iterations before switching to LFP (finetune trainer)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", help="sgd | adam | adamw")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--schedule", help="none | cosine | step | onecycle")
+    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", help="float32 | float64")
+    p.add_argument("--out", help="parent folder of run folders (default runs/)")
+    p.add_argument("--run-name", dest="run_name", help="name of the run folder (default: time-stamped)")
+    p.add_argument("--progress", help="auto | on | off (progress bars)")
+
+
+_TRAIN_KEYS = ("dataset", "data_root", "download", "limit", "test_limit", "steps", "device",
+               "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "trainer",
+               "rule", "reward", "normalize", "clip_norm", "agc", "surrogate", "loss",
+               "finetune_iters", "epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule",
+               "val_fraction", "seed", "dtype", "out", "run_name", "progress")
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: accuracy and spike statistics")
+    p.add_argument("--checkpoint", required=True, help="a .pt checkpoint or a run folder")
+    _add_common(p)
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def cmd_train(args) -> int:
+    from .train.config import load_yaml, resolve
+    from .train.loop import train
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_KEYS}
+    if args.resume:
+        res = train(resume=args.resume, overrides=overrides)
+    else:
+        base = load_yaml(args.config) if args.config else {}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        res = train(resolve(None, base))
+    return 130 if res["interrupted"] else 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .data.registry import build_data, make_loader
+    from .train.checkpoint import load_model
+    from .train.config import resolve
+    from .train.loop import evaluate, resolve_device
+
+    net, cfg = load_model(args.checkpoint)
+    over = {k: getattr(args, k) for k in ("dataset", "data_root", "download", "limit", "test_limit",
+                                          "steps", "device", "batch_size")}
+    cfg = resolve(None, {**cfg, **{k: v for k, v in over.items() if v is not None}})
+    device = resolve_device(cfg["device"])
+    data = build_data(cfg)
+    ds = {"test": data.test, "val": data.val, "train": data.train}[args.split]
+    if ds is None:
+        raise ValueError(f"the run has no {args.split} split (val_fraction is 0)")
+    dtype = next(net.parameters()).dtype
+    net = net.to(device)
+    ev = evaluate(net, make_loader(ds, cfg["batch_size"] * 4, False), cfg, data.sequence, device,
+                  dtype, progress=sys.stderr.isatty(), desc=args.split)
+    if args.json:
+        print(json.dumps(ev))
+    else:
+        rates = " ".join(f"{r:.4f}" for r in ev["spike_rate"])
+        sps = " ".join(f"{r:.1f}" for r in ev["spikes_per_sample"])
+        print(f"{args.split} accuracy {ev['acc']:.4f} on {ev['n']} samples (T={cfg['steps']})")
+        print(f"spike rate per layer [{rates}]; spikes per sample per layer [{sps}]")
+    return 0
+
+
+# Sub-commands that live in higher rooms: command -> (module, parser adder, handler).
+_PLUGINS = {
+    "export": ("hardware_export.cli", "add_export_parser", "run_export"),
+    "report": ("spikelfp.diagnostics.cli", "add_report_parser", "run_report"),
+}
+_HANDLERS = {"train": cmd_train, "eval": cmd_eval}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spikelfp", description=(
+        "Train spiking neural networks with Layer-wise Feedback Propagation (no surrogate gradients)."))
+    parser.add_argument("--version", action="version", version=f"spikelfp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _eval_parser(sub)
+    for command, (mod, adder, runner) in _PLUGINS.items():
+        try:
+            m = importlib.import_module(mod)
+            getattr(m, adder)(sub)
+            _HANDLERS[command] = getattr(m, runner)
+        except (ImportError, AttributeError):
+            pass
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = _HANDLERS[args.command]
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"spikelfp {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

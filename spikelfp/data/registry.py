@@ -1,0 +1,127 @@
+"""Data sets by name, split into train / val / test, and their DataLoaders.
+
+A builder is ``builder(cfg: dict) -> DataBundle``. Static image sets yield images in [0, 1]
+``[C, H, W]`` that an encoder turns into a sequence; sequence sets (events) yield ``[T, ...]``
+already (``DataBundle.sequence = True``). Other modules add sets with :func:`register_dataset`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset, TensorDataset
+
+from .static import DataError, load_digits_arrays, load_idx_dataset
+
+Tensor = torch.Tensor
+
+
+class DataBundle(NamedTuple):
+    """Splits and shape facts of one data set."""
+
+    train: Dataset
+    val: Optional[Dataset]
+    test: Dataset
+    input_shape: Tuple[int, ...]   # per sample, without T (e.g. (1, 28, 28) or (2, 34, 34))
+    num_classes: int
+    sequence: bool = False         # items are already [T, ...] sequences (no encoder)
+
+
+_REGISTRY: Dict[str, Callable[[dict], DataBundle]] = {}
+
+
+def register_dataset(name: str):
+    """Decorator adding a builder ``f(cfg) -> DataBundle`` under ``name``."""
+
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def dataset_names():
+    _load_optional()
+    return sorted(_REGISTRY)
+
+
+def _load_optional() -> None:
+    try:  # event data sets register themselves when their module (and tonic) is available
+        from . import events  # noqa: F401
+    except ImportError:
+        pass
+
+
+def build_data(cfg: dict) -> DataBundle:
+    """Build the data set named ``cfg["dataset"]`` with its splits."""
+    _load_optional()
+    name = cfg["dataset"]
+    if name not in _REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; use one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name](cfg)
+
+
+def split_train_val(x: Tensor, y: Tensor, val_fraction: float, limit: Optional[int],
+                    split_seed: int = 0) -> Tuple[Dataset, Optional[Dataset]]:
+    """Shuffle once with a fixed seed, hold out ``val_fraction`` for validation, then keep at most
+    ``limit`` training samples."""
+    g = torch.Generator().manual_seed(split_seed)
+    perm = torch.randperm(len(y), generator=g)
+    n_val = int(round(len(y) * val_fraction))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if limit is not None:
+        train_idx = train_idx[:limit]
+    train = TensorDataset(x[train_idx], y[train_idx])
+    val = TensorDataset(x[val_idx], y[val_idx]) if n_val > 0 else None
+    return train, val
+
+
+def _stratified_test_split(y: Tensor, test_fraction: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    test_idx, train_idx = [], []
+    for c in torch.unique(y):
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(len(idx) * test_fraction))
+        test_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    return torch.cat(train_idx).sort().values, torch.cat(test_idx).sort().values
+
+
+@register_dataset("digits")
+def _digits(cfg: dict) -> DataBundle:
+    x, y = load_digits_arrays()
+    tr, te = _stratified_test_split(y, 0.25, seed=0)
+    train, val = split_train_val(x[tr], y[tr], cfg.get("val_fraction", 0.0), cfg.get("limit"))
+    return DataBundle(train, val, TensorDataset(x[te], y[te]), (1, 8, 8), 10)
+
+
+def _idx_builder(name: str):
+    def build(cfg: dict) -> DataBundle:
+        dl = bool(cfg.get("download", False))
+        xtr, ytr = load_idx_dataset(name, cfg.get("data_root"), "train", download=dl)
+        xte, yte = load_idx_dataset(name, cfg.get("data_root"), "test", download=dl)
+        train, val = split_train_val(xtr, ytr, cfg.get("val_fraction", 0.0), cfg.get("limit"))
+        test = TensorDataset(xte, yte)
+        if cfg.get("test_limit") is not None:
+            test = Subset(test, range(min(cfg["test_limit"], len(test))))
+        return DataBundle(train, val, test, tuple(xtr.shape[1:]), 10)
+
+    return build
+
+
+register_dataset("mnist")(_idx_builder("mnist"))
+register_dataset("fashion_mnist")(_idx_builder("fashion_mnist"))
+
+
+def make_loader(ds: Dataset, batch_size: int, shuffle: bool, generator: Optional[torch.Generator] = None,
+                num_workers: int = 0, collate_fn=None) -> DataLoader:
+    """A DataLoader over ``ds``. Tensor data sets are indexed a whole batch at a time (no per-item
+    collation); others use the usual per-item collation (``collate_fn`` if given)."""
+    if isinstance(ds, TensorDataset):
+        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+        return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False),
+                          batch_size=None, num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, collate_fn=collate_fn)

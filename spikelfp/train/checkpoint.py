@@ -1,0 +1,85 @@
+"""Checkpoints: atomic writes and loading a network back.
+
+A checkpoint is a ``torch.save`` dict with ``model`` (state dict), ``model_spec`` (what
+:func:`spikelfp.nn.zoo.build_model` needs), ``config`` (the resolved run config), and for
+resuming ``optimizer``, ``scheduler``, ``epoch`` (completed epochs), ``batch`` (batches done in
+the current epoch; > 0 only after an interruption), ``global_step``, ``best``, ``rng``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+
+from ..nn.zoo import build_model
+
+
+def atomic_save(obj: Any, path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``: a crash
+    mid-write leaves the previous file intact."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(text: str, path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
+    """Read a checkpoint dict; a clear ``FileNotFoundError``/``ValueError`` if it is not one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {str(p)!r} not found")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds here
+        raise ValueError(f"checkpoint {str(p)!r} cannot be read: {e}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_spec" not in ckpt:
+        raise ValueError(f"{str(p)!r} is not a spikelfp checkpoint (no 'model'/'model_spec')")
+    return ckpt
+
+
+def load_model(path, map_location="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Rebuild the network stored in a checkpoint (file, or run folder: best.pt, else last.pt).
+
+    Returns ``(network, config)``.
+    """
+    ckpt = load_checkpoint(path, map_location)
+    net = build_model(ckpt["model_spec"])
+    net.load_state_dict(ckpt["model"])
+    dtype = next(iter(ckpt["model"].values())).dtype
+    return net.to(dtype=dtype), ckpt.get("config", {})

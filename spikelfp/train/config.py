@@ -1,0 +1,167 @@
+"""Run configuration: defaults, YAML loading, validation.
+
+A config is a flat mapping of the keys in :data:`DEFAULTS` (the README lists them). Values
+come from the defaults, then a YAML file (``--config``), then command-line flags (flags win).
+Unknown keys and out-of-range values are rejected with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not allowed; the message names it."""
+
+
+DEFAULTS: Dict[str, Any] = {
+    # data
+    "dataset": "digits", "data_root": None, "download": False, "limit": None, "test_limit": None,
+    "val_fraction": 0.1, "encoder": "constant", "steps": 25, "num_workers": 0,
+    # model
+    "model": "mlp", "hidden": [128], "channels": [16, 32], "pool_input": 1, "bias": True,
+    "beta": 0.9, "threshold": 1.0, "reset": "subtract",
+    # trainer
+    "trainer": "lfp", "rule": "epsilon", "reward": "sequence", "normalize": "step",
+    "temporal": "relevance", "epsilon": 1e-6, "ab_alpha": 2.0, "ab_beta": 1.0,
+    "batch_reduction": None, "clip_norm": None, "agc": None,
+    "surrogate": "atan", "surrogate_slope": None, "loss": "ce_count",
+    "finetune_iters": 100,
+    # optimization
+    "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
+    "schedule": None, "step_size": 5, "gamma": 0.5,
+    "epochs": 20, "batch_size": 32, "seed": 0,
+    # run
+    "device": "auto", "dtype": "float32", "out": "runs", "run_name": None, "progress": "auto",
+    "log_updates_every": 50,
+}
+
+CHOICES = {
+    "encoder": ("constant", "poisson", "latency", "delta"),
+    "model": ("mlp", "lenet", "convnet"),
+    "reset": ("subtract", "zero"),
+    "trainer": ("lfp", "surrogate", "finetune"),
+    "normalize": ("step", "layer", "sample", "off", None),
+    "temporal": ("relevance", "direction"),
+    "batch_reduction": ("mean", "sum", None),
+    "surrogate": ("atan", "fast_sigmoid"),
+    "loss": ("ce_count", "mse_count"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "schedule": (None, "none", "cosine", "step", "onecycle"),
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("float32", "float64"),
+    "progress": ("auto", "on", "off"),
+}
+
+_POSITIVE_INT = ("steps", "epochs", "batch_size", "step_size")
+_NONNEG_INT = ("num_workers", "finetune_iters", "log_updates_every", "seed")
+_OPT_POSITIVE_INT = ("limit", "test_limit")
+_POSITIVE_FLOAT = ("lr", "threshold")
+_NONNEG_FLOAT = ("weight_decay", "momentum", "epsilon")
+_OPT_POSITIVE_FLOAT = ("clip_norm", "agc", "surrogate_slope")
+
+
+def _num(key, v, kind):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"config key {key!r}: {v!r} is not a number")
+    if kind is int and float(v) != int(v):
+        raise ConfigError(f"config key {key!r}: {v!r} must be an integer")
+    return kind(v)
+
+
+def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Check every key and value; returns a normalized copy."""
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; allowed keys: {sorted(DEFAULTS)}")
+    out = dict(cfg)
+    for k in _POSITIVE_INT:
+        out[k] = _num(k, out[k], int)
+        if out[k] < 1:
+            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be >= 1")
+    for k in _NONNEG_INT:
+        out[k] = _num(k, out[k], int)
+        if out[k] < 0:
+            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be >= 0")
+    for k in _OPT_POSITIVE_INT:
+        if out[k] is not None:
+            out[k] = _num(k, out[k], int)
+            if out[k] < 1:
+                raise ConfigError(f"config key {k!r}: {out[k]} must be >= 1 (or null)")
+    for k in _POSITIVE_FLOAT:
+        out[k] = _num(k, out[k], float)
+        if not out[k] > 0:
+            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be > 0")
+    for k in _NONNEG_FLOAT:
+        out[k] = _num(k, out[k], float)
+        if out[k] < 0:
+            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be >= 0")
+    for k in _OPT_POSITIVE_FLOAT:
+        if out[k] is not None:
+            out[k] = _num(k, out[k], float)
+            if not out[k] > 0:
+                raise ConfigError(f"config key {k!r}: {out[k]} must be > 0 (or null)")
+    out["beta"] = _num("beta", out["beta"], float)
+    if not 0 < out["beta"] <= 1:
+        raise ConfigError(f"config key 'beta': {out['beta']} is out of range; beta must lie in (0, 1]")
+    vf = _num("val_fraction", out["val_fraction"], float)
+    if not 0 <= vf < 1:
+        raise ConfigError(f"config key 'val_fraction': {vf} is out of range; use 0 <= val_fraction < 1")
+    out["val_fraction"] = vf
+    for k, choices in CHOICES.items():
+        if out[k] not in choices:
+            shown = [c for c in choices if c is not None]
+            raise ConfigError(f"config key {k!r}: {out[k]!r} is not allowed; use one of {shown}")
+    if out["schedule"] == "none":
+        out["schedule"] = None
+    if out["normalize"] == "off":
+        out["normalize"] = None
+    for k in ("hidden", "channels"):
+        v = out[k]
+        if isinstance(v, int):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v):
+            raise ConfigError(f"config key {k!r}: {v!r} must be a list of positive integers")
+        out[k] = list(v)
+    if out["rule"] is not None and not isinstance(out["rule"], (str, dict)):
+        raise ConfigError("config key 'rule': use a rule name or a mapping layer/kind -> rule name")
+    return out
+
+
+def load_yaml(path) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys to values")
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"config file {str(p)!r}: unknown key(s) {unknown}; allowed keys: {sorted(DEFAULTS)}")
+    return data
+
+
+def resolve(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Defaults <- YAML file <- overrides (``None`` values in overrides are ignored)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path:
+        cfg.update(load_yaml(path))
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            cfg[k] = v
+    return validate(cfg)
+
+
+def model_spec(cfg: Dict[str, Any], input_shape, num_classes: int) -> Dict[str, Any]:
+    """The part of the config that rebuilds the network (stored in checkpoints)."""
+    keys = ("model", "hidden", "channels", "pool_input", "bias", "beta", "threshold", "reset")
+    spec = {k: cfg[k] for k in keys}
+    spec.update(input_shape=list(input_shape), num_classes=int(num_classes))
+    return spec

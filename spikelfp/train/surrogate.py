@@ -1,0 +1,82 @@
+"""Surrogate-gradient baseline: the Heaviside forward with a smooth derivative in the backward.
+
+Definitions as in snnTorch (``snntorch.surrogate``):
+
+    atan(alpha=2.0):          dS/dx = alpha / 2 / (1 + (pi/2 * alpha * x)^2)
+    fast_sigmoid(slope=25):   dS/dx = 1 / (slope * |x| + 1)^2
+
+with x = v - theta. The forward is the same Heaviside as the LFP path (identical spikes for the
+same weights and input); resets use the detached spike, as snnTorch does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as Fn
+
+Tensor = torch.Tensor
+
+
+class _ATan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return ctx.alpha / 2 / (1 + (math.pi / 2 * ctx.alpha * x) ** 2) * grad, None
+
+
+class _FastSigmoid(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, slope):
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / (ctx.slope * x.abs() + 1.0) ** 2, None
+
+
+def atan(alpha: float = 2.0) -> Callable[[Tensor], Tensor]:
+    """Heaviside with snnTorch's arctan surrogate derivative."""
+    return lambda x: _ATan.apply(x, alpha)
+
+
+def fast_sigmoid(slope: float = 25.0) -> Callable[[Tensor], Tensor]:
+    """Heaviside with snnTorch's fast-sigmoid surrogate derivative."""
+    return lambda x: _FastSigmoid.apply(x, slope)
+
+
+def get_surrogate(name: str, slope: Optional[float] = None) -> Callable[[Tensor], Tensor]:
+    if name == "atan":
+        return atan(2.0 if slope is None else slope)
+    if name == "fast_sigmoid":
+        return fast_sigmoid(25.0 if slope is None else slope)
+    raise ValueError(f"unknown surrogate {name!r}; use 'atan' or 'fast_sigmoid'")
+
+
+def ce_count_loss(spikes: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy on output spike counts (snnTorch's ``ce_count_loss``)."""
+    return Fn.cross_entropy(spikes.sum(0), labels)
+
+
+def mse_count_loss(spikes: Tensor, labels: Tensor, correct_rate: float = 0.8,
+                   incorrect_rate: float = 0.2) -> Tensor:
+    """MSE between spike counts and target counts (T*correct_rate for the target class,
+    T*incorrect_rate otherwise), as snnTorch's ``mse_count_loss`` with the tutorials' rates."""
+    T = spikes.shape[0]
+    onehot = Fn.one_hot(labels, spikes.shape[-1]).to(spikes.dtype)
+    target = T * (onehot * correct_rate + (1 - onehot) * incorrect_rate)
+    return Fn.mse_loss(spikes.sum(0), target)
+
+
+LOSSES = {"ce_count": ce_count_loss, "mse_count": mse_count_loss}
