@@ -1,0 +1,502 @@
+"""Export spikelfp networks to the Neuromorphic Intermediate Representation (NIR) and back.
+
+Discretization (the standard one, also snnTorch's): NIR's LIF is the continuous
+
+    tau * dv/dt = (v_leak - v) + r * I,     spike when v > v_threshold, then v <- v_reset.
+
+One forward-Euler step of length dt gives
+``v <- (1 - dt/tau) v + (r dt / tau) I + (dt/tau) v_leak``.
+With ``tau = dt / (1 - beta)``, ``r = tau / dt`` and ``v_leak = 0`` that is exactly spikelfp's
+``v <- beta v + I``. A layer with beta == 1 everywhere is an NIR ``IF`` (dv/dt = r I) with
+``r = 1 / dt``. Thresholds (strictly greater) and per-neuron decays/thresholds are kept as arrays
+of the neuron shape. NIR resets to ``v_reset`` (here 0): that is spikelfp's reset "zero", whose
+spikes do not depend on whether the reset is applied at the end of the spiking step or at the
+start of the next one. Reset "subtract" has no NIR 1.0 node: it is refused unless
+``allow_reset_mismatch=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from spikelfp.nn import AvgPool2d, Flatten, LIFConv2d, LIFLinear, Sequential
+
+from ._common import (
+    DEFAULT_DT,
+    PathLike,
+    ResetMismatchError,
+    ResetMismatchWarning,
+    atomic_write,
+    check_output_path,
+    collapse_neuron_param,
+    describe_network,
+    float_dtype,
+    neuron_array,
+    set_neuron_params,
+    spikelfp_version,
+    to_numpy,
+    torch_dtype,
+)
+
+NIR_SUPPORTED = ("dense", "conv", "avgpool", "flatten")
+POOLINGS = ("avg", "sum")
+
+RESET_NOTE = (
+    "trained with reset='subtract' (v -= threshold after a spike); NIR's LIF/IF reset to "
+    "v_reset, so consumers simulate reset-to-zero and spike trains differ"
+)
+
+
+def _import_nir():
+    try:
+        import nir  # noqa: F401
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("NIR export needs the 'nir' package (pip install nir)") from err
+    return nir
+
+
+def _check_dt(dt) -> float:
+    try:
+        dt = float(dt)
+    except (TypeError, ValueError):
+        raise ValueError(f"dt={dt!r} is not a number; dt must be > 0") from None
+    if not math.isfinite(dt) or dt <= 0:
+        raise ValueError(f"dt={dt!r} is not allowed; dt must be a finite number > 0")
+    return dt
+
+
+def _reset_check(infos, allow_reset_mismatch: bool) -> List[int]:
+    subtract = [info.index for info in infos
+                if info.kind in ("dense", "conv") and info.layer.reset == "subtract"]
+    if subtract and not allow_reset_mismatch:
+        raise ResetMismatchError(
+            f"layer(s) {subtract} use reset='subtract', which NIR 1.0 cannot express (its "
+            f"LIF/IF nodes reset to v_reset, i.e. reset 'zero'), so the exported graph would be "
+            f"a different network; train with reset='zero' for an exact export, or pass "
+            f"allow_reset_mismatch=True (CLI: --allow-reset-mismatch) to write it anyway"
+        )
+    return subtract
+
+
+def _neuron_node(nir, info, dt: float, mismatch: bool):
+    layer = info.layer
+    shape = info.out_shape
+    beta = neuron_array(layer, "beta", shape).astype(np.float64)
+    theta = neuron_array(layer, "threshold", shape).astype(np.float64)
+    meta: Dict[str, Any] = {"spikelfp_reset": layer.reset}
+    if layer.beta.dtype == torch.float64:
+        # 1 - dt/(dt/(1-beta)) can be 1 ulp off in float64 (exact for float32 betas): keep beta
+        meta["spikelfp_beta"] = beta.copy()
+    if mismatch:
+        meta["reset_note"] = RESET_NOTE
+    if np.all(beta == 1.0):
+        return nir.IF(r=np.full(shape, 1.0 / dt), v_threshold=theta,
+                      v_reset=np.zeros(shape), metadata=meta)
+    if np.any(beta == 1.0):
+        raise ValueError(
+            f"layer {info.index} ({type(layer).__name__}) mixes beta == 1 and beta < 1; NIR has "
+            f"no single node for that (IF needs beta == 1 everywhere, LIF needs beta < 1)"
+        )
+    tau = dt / (1.0 - beta)
+    return nir.LIF(tau=tau, r=tau / dt, v_leak=np.zeros(shape), v_threshold=theta,
+                   v_reset=np.zeros(shape), metadata=meta)
+
+
+def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEFAULT_DT, *,
+           allow_reset_mismatch: bool = False, pooling: str = "avg",
+           time_steps: Optional[int] = None, input_encoding: Optional[str] = None,
+           metadata: Optional[Mapping[str, Any]] = None, _stacklevel: int = 2):
+    """Translate a spikelfp network into a :class:`nir.NIRGraph`.
+
+    Args:
+        network: a :class:`spikelfp.nn.Sequential` of LIFLinear, LIFConv2d, AvgPool2d and
+            Flatten layers (ReLULinear and MaxPool2d have no NIR node and are refused).
+        input_shape: per-sample input shape without time and batch, e.g. ``(64,)`` or
+            ``(1, 8, 8)``; inferred for a network that starts with a LIFLinear layer.
+        dt: time step used to express beta as a time constant (``tau = dt / (1 - beta)``,
+            ``r = tau / dt``). The default 1e-4 is the dt snnTorch's importer assumes.
+        allow_reset_mismatch: export a reset "subtract" network anyway (its LIF nodes carry a
+            ``reset_note`` in their metadata and a :class:`ResetMismatchWarning` is issued).
+        pooling: ``"avg"`` writes ``AvgPool2d`` nodes (read by snnTorch); ``"sum"`` writes
+            ``SumPool2d`` nodes (read by Norse) and folds 1/(kh*kw) into the weights of the next
+            synaptic layer (bit-exact when kh*kw is a power of two).
+        time_steps, input_encoding, metadata: stored in the graph's metadata.
+
+    Returns:
+        the NIR graph ``input -> [affine|linear|conv2d -> lif|if | avgpool2d|sumpool2d |
+        flatten]... -> output``; node names are ``layer{i}_<kind>`` with i the spikelfp index.
+    """
+    nir = _import_nir()
+    dt = _check_dt(dt)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not allowed; use one of {POOLINGS}")
+    infos = describe_network(network, input_shape, NIR_SUPPORTED, "NIR")
+    subtract = _reset_check(infos, allow_reset_mismatch)
+    if subtract:
+        warnings.warn(
+            f"exporting layer(s) {subtract} trained with reset='subtract' to NIR, whose LIF "
+            f"resets to zero: consumers will simulate a different network (see the "
+            f"'reset_note' metadata)", ResetMismatchWarning, stacklevel=_stacklevel,
+        )
+
+    nodes: Dict[str, Any] = {"input": nir.Input(input_type=np.array(infos[0].in_shape))}
+    order = ["input"]
+    pending = 1.0  # 1/(kh*kw) of sum pools still to be folded into the next synapse
+    pending_from: Optional[int] = None
+    for info in infos:
+        layer, i = info.layer, info.index
+        if info.kind in ("dense", "conv"):
+            w = to_numpy(layer.weight)
+            fd = float_dtype(w)
+            w = w.astype(fd)
+            if pending != 1.0:
+                w = (w * fd.type(pending)).astype(fd)
+                pending, pending_from = 1.0, None
+            has_bias = layer.bias is not None
+            b = (to_numpy(layer.bias).astype(fd) if has_bias else np.zeros(w.shape[0], dtype=fd))
+            if info.kind == "dense":
+                syn = (nir.Affine(weight=w, bias=b) if has_bias else nir.Linear(weight=w))
+                syn_name = f"layer{i}_affine" if has_bias else f"layer{i}_linear"
+            else:
+                syn = nir.Conv2d(
+                    input_shape=tuple(info.in_shape[-2:]), weight=w,
+                    stride=tuple(int(s) for s in layer.stride),
+                    padding=tuple(int(s) for s in layer.padding),
+                    dilation=tuple(int(s) for s in layer.dilation),
+                    groups=int(layer.groups), bias=b,
+                    metadata={} if has_bias else {"spikelfp_bias": False},
+                )
+                syn_name = f"layer{i}_conv2d"
+            neuron = _neuron_node(nir, info, dt, layer.reset == "subtract")
+            neuron_name = f"layer{i}_{'if' if isinstance(neuron, nir.IF) else 'lif'}"
+            nodes[syn_name], nodes[neuron_name] = syn, neuron
+            order += [syn_name, neuron_name]
+        elif info.kind == "avgpool":
+            k = np.array(layer.kernel_size, dtype=np.int64)
+            s = np.array(layer.stride, dtype=np.int64)
+            p = np.array(layer.padding, dtype=np.int64)
+            if pooling == "avg":
+                nodes[f"layer{i}_avgpool2d"] = nir.AvgPool2d(kernel_size=k, stride=s, padding=p)
+                order.append(f"layer{i}_avgpool2d")
+            else:
+                nodes[f"layer{i}_sumpool2d"] = nir.SumPool2d(kernel_size=k, stride=s, padding=p)
+                order.append(f"layer{i}_sumpool2d")
+                pending = pending / float(k[0] * k[1])
+                pending_from = i
+        elif info.kind == "flatten":
+            nd = len(info.in_shape)
+            if layer.frame_dims > nd:
+                raise ValueError(f"layer {i} (Flatten): frame_dims={layer.frame_dims} exceeds "
+                                 f"the {nd} dimensions of its input {info.in_shape}")
+            nodes[f"layer{i}_flatten"] = nir.Flatten(
+                input_type={"input": np.array(info.in_shape)},
+                start_dim=nd - layer.frame_dims, end_dim=-1,
+            )
+            order.append(f"layer{i}_flatten")
+    if pending != 1.0:
+        raise ValueError(
+            f"pooling='sum' needs a synaptic layer after the pooling layer {pending_from} to "
+            f"absorb its 1/(kh*kw); use pooling='avg' for this network"
+        )
+    nodes["output"] = nir.Output(output_type=np.array(infos[-1].out_shape))
+    order.append("output")
+    edges = [(a, b) for a, b in zip(order[:-1], order[1:])]
+
+    meta: Dict[str, Any] = {
+        "producer": "spikelfp",
+        "spikelfp_version": spikelfp_version(),
+        "dt": dt,
+        "discretization": "forward Euler: tau = dt/(1-beta), r = tau/dt, v_leak = 0 "
+                          "(LIF); r = 1/dt (IF, beta == 1); spike if v > v_threshold",
+        "pooling": pooling,
+        "input_shape": np.array(infos[0].in_shape, dtype=np.int64),
+    }
+    if time_steps is not None:
+        meta["time_steps"] = int(time_steps)
+    if input_encoding is not None:
+        meta["input_encoding"] = str(input_encoding)
+    if subtract:
+        meta["reset_mismatch"] = ("layers " + ",".join(str(i) for i in subtract) + ": "
+                                  + RESET_NOTE)
+    for key, value in (metadata or {}).items():
+        if value is not None:
+            meta[str(key)] = value
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=meta)
+
+
+def write_nir(network, path: PathLike, input_shape: Optional[Sequence[int]] = None,
+              dt: float = DEFAULT_DT, *, force: bool = False, **kwargs):
+    """Export ``network`` with :func:`to_nir` and write it to ``path`` (NIR's HDF5 file).
+
+    The file is written to a temporary file and renamed, so an error leaves nothing behind.
+    Raises FileExistsError if ``path`` exists and ``force`` is false. Returns the graph.
+    """
+    nir = _import_nir()
+    check_output_path(path, force)
+    graph = to_nir(network, input_shape, dt, _stacklevel=3, **kwargs)
+    atomic_write(path, lambda tmp: nir.write(tmp, graph), force=force)
+    return graph
+
+
+# --------------------------------------------------------------------------------------------
+# NIR -> spikelfp
+
+
+def _as_float(v) -> Optional[float]:
+    try:
+        return float(np.asarray(v).reshape(-1)[0])
+    except Exception:
+        return None
+
+
+def _meta_str(meta: Mapping[str, Any], key: str) -> Optional[str]:
+    v = (meta or {}).get(key)
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        return v.decode("utf8")
+    if isinstance(v, np.ndarray) and v.dtype.kind in "SO":
+        v = v.reshape(-1)[0]
+        return v.decode("utf8") if isinstance(v, bytes) else str(v)
+    return str(v)
+
+
+def _chain(graph) -> List[str]:
+    """Node names from the (single) Input to the (single) Output of a feed-forward chain."""
+    nir = _import_nir()
+    inputs = [k for k, n in graph.nodes.items() if isinstance(n, nir.Input)]
+    if len(inputs) != 1:
+        raise ValueError(f"the NIR graph has {len(inputs)} Input nodes; exactly one is supported")
+    succ: Dict[str, List[str]] = {}
+    for a, b in graph.edges:
+        succ.setdefault(a, []).append(b)
+    order, seen, cur = [inputs[0]], {inputs[0]}, inputs[0]
+    while not isinstance(graph.nodes[cur], nir.Output):
+        nxt = succ.get(cur, [])
+        if len(nxt) != 1:
+            raise ValueError(
+                f"NIR node {cur!r} has {len(nxt)} successors; only a feed-forward chain "
+                f"Input -> ... -> Output can be read into a spikelfp network")
+        cur = nxt[0]
+        if cur in seen:
+            raise ValueError(f"the NIR graph has a cycle through {cur!r}; recurrent graphs "
+                             f"have no spikelfp equivalent")
+        seen.add(cur)
+        order.append(cur)
+    if len(seen) != len(graph.nodes):
+        extra = sorted(set(graph.nodes) - seen)
+        raise ValueError(f"NIR nodes {extra} are not on the Input -> Output chain; only a "
+                         f"feed-forward chain can be read")
+    return order
+
+
+def _pair_of(v, name: str) -> Tuple[int, int]:
+    a = np.asarray(v).reshape(-1)
+    if a.size == 1:
+        return (int(a[0]), int(a[0]))
+    if a.size == 2:
+        return (int(a[0]), int(a[1]))
+    raise ValueError(f"{name}={v!r} is not an int or a pair")
+
+
+def _conv_padding(node) -> Tuple[int, int]:
+    pad = node.padding
+    if isinstance(pad, (str, bytes)):
+        pad = pad.decode() if isinstance(pad, bytes) else pad
+        if pad == "valid":
+            return (0, 0)
+        k = node.weight.shape[-2:]
+        d = _pair_of(node.dilation, "dilation")
+        tot = [d[j] * (k[j] - 1) for j in range(2)]
+        if any(t % 2 for t in tot) or any(s != 1 for s in _pair_of(node.stride, "stride")):
+            raise ValueError("Conv2d padding='same' with an even kernel or stride > 1 has no "
+                             "symmetric zero padding in spikelfp")
+        return (tot[0] // 2, tot[1] // 2)
+    return _pair_of(pad, "padding")
+
+
+def from_nir(graph_or_path, dt: Optional[float] = None, *, restore_reset: bool = False):
+    """Read a NIR graph (object or file path) into a :class:`spikelfp.nn.Sequential`.
+
+    Supported chain: Input -> [Affine|Linear|Conv2d -> LIF|IF | AvgPool2d | SumPool2d |
+    Flatten]... -> Output. ``beta = 1 - dt/tau``; ``r`` and ``v_leak`` are folded into the
+    preceding synapse when ``r dt / tau != 1`` or ``v_leak != 0`` (exact under forward Euler);
+    a SumPool2d becomes an AvgPool2d with kh*kw folded into the next synapse. ``dt`` defaults to
+    the graph's ``dt`` metadata, else 1e-4. ``v_reset`` must be 0; the reset is "zero" (NIR's
+    semantics) unless ``restore_reset`` and the node records ``spikelfp_reset='subtract'``.
+
+    Raises ValueError (one line) for nodes or structures with no spikelfp equivalent.
+    """
+    nir = _import_nir()
+    if isinstance(graph_or_path, (str, Path)):
+        p = Path(graph_or_path)
+        if not p.is_file():
+            raise FileNotFoundError(f"NIR file {p} does not exist")
+        graph = nir.read(str(p))
+    else:
+        graph = graph_or_path
+    if not isinstance(graph, nir.NIRGraph):
+        raise ValueError(f"expected a nir.NIRGraph or a path, got {type(graph).__name__}")
+    gmeta = graph.metadata if isinstance(graph.metadata, dict) else {}
+    if dt is None:
+        dt = _as_float(gmeta.get("dt")) if gmeta.get("dt") is not None else DEFAULT_DT
+    dt = _check_dt(dt)
+
+    order = _chain(graph)
+    layers: List[torch.nn.Module] = []
+    pending_sum = 1.0
+    i = 1
+    names = order[1:-1]
+    while i <= len(names):
+        name = names[i - 1]
+        node = graph.nodes[name]
+        if isinstance(node, (nir.Affine, nir.Linear, nir.Conv2d)):
+            nxt_name = names[i] if i < len(names) else None
+            nxt = graph.nodes[nxt_name] if nxt_name is not None else None
+            if not isinstance(nxt, (nir.LIF, nir.IF)):
+                raise ValueError(
+                    f"NIR node {name!r} ({type(node).__name__}) is not followed by a LIF/IF "
+                    f"node; a synapse without spiking neurons has no spikelfp equivalent")
+            layers.append(_synaptic_layer(nir, name, node, nxt_name, nxt, dt, pending_sum,
+                                          restore_reset))
+            pending_sum = 1.0
+            i += 2
+            continue
+        if isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
+            k = _pair_of(node.kernel_size, "kernel_size")
+            layers.append(AvgPool2d(k, _pair_of(node.stride, "stride"),
+                                    _pair_of(node.padding, "padding")))
+            if isinstance(node, nir.SumPool2d):
+                pending_sum *= float(k[0] * k[1])
+        elif isinstance(node, nir.Flatten):
+            in_t = node.input_type.get("input") if node.input_type else None
+            if in_t is None:
+                raise ValueError(f"NIR Flatten node {name!r} has no input type")
+            nd = len(np.asarray(in_t).reshape(-1))
+            start = int(node.start_dim) % nd if nd else 0
+            end = int(node.end_dim) % nd if nd else 0
+            if end != nd - 1:
+                raise ValueError(f"NIR Flatten node {name!r} flattens dims {start}..{end} of "
+                                 f"{nd}; spikelfp's Flatten only flattens trailing dimensions")
+            layers.append(Flatten(frame_dims=nd - start))
+        elif isinstance(node, (nir.LIF, nir.IF)):
+            raise ValueError(f"NIR node {name!r} ({type(node).__name__}) does not follow an "
+                             f"Affine/Linear/Conv2d node; spikelfp neurons always sit behind "
+                             f"a synapse")
+        else:
+            raise ValueError(f"NIR node {name!r} of type {type(node).__name__} has no spikelfp "
+                             f"equivalent (supported: Affine, Linear, Conv2d, LIF, IF, "
+                             f"AvgPool2d, SumPool2d, Flatten)")
+        i += 1
+    if pending_sum != 1.0:
+        raise ValueError("a SumPool2d node is not followed by a synapse; spikelfp has only "
+                         "average pooling, so the sum cannot be represented")
+    if not layers:
+        raise ValueError("the NIR graph has no computational nodes")
+    return Sequential(*layers)
+
+
+def _synaptic_layer(nir, name, node, neuron_name, neuron, dt, sum_scale, restore_reset):
+    out_shape = tuple(int(s) for s in np.asarray(neuron.v_threshold).shape)
+    theta = np.asarray(neuron.v_threshold, dtype=np.float64)
+    v_reset = np.asarray(neuron.v_reset if neuron.v_reset is not None else 0.0)
+    if np.any(v_reset != 0):
+        raise ValueError(f"NIR node {neuron_name!r} resets to v_reset != 0; spikelfp resets to "
+                         f"0 ('zero') or subtracts the threshold")
+    r = np.asarray(neuron.r, dtype=np.float64)
+    if isinstance(neuron, nir.IF):
+        beta = np.ones(out_shape)
+        gain = r * dt
+        leak = np.zeros(out_shape)
+    else:
+        tau = np.asarray(neuron.tau, dtype=np.float64)
+        if np.any(tau <= 0) or np.any(dt / tau >= 1):
+            raise ValueError(f"NIR node {neuron_name!r}: tau must exceed dt={dt:g} so that "
+                             f"beta = 1 - dt/tau lies in (0, 1]; pass the dt it was made for")
+        beta = 1.0 - dt / tau
+        gain = r * dt / tau
+        leak = dt / tau * np.asarray(neuron.v_leak, dtype=np.float64)
+    beta = np.broadcast_to(beta, out_shape)
+    gain = np.broadcast_to(gain, out_shape)
+    leak = np.broadcast_to(leak, out_shape)
+    reset = "zero"
+    nmeta = neuron.metadata if isinstance(neuron.metadata, dict) else {}
+    recorded = _meta_str(nmeta, "spikelfp_reset")
+    if recorded == "subtract":
+        if restore_reset:
+            reset = "subtract"
+        else:
+            warnings.warn(
+                f"NIR node {neuron_name!r} records that it was trained with reset='subtract'; "
+                f"reading it with NIR's reset-to-zero semantics (pass restore_reset=True to "
+                f"get the original network back)", ResetMismatchWarning, stacklevel=3)
+
+    fd = float_dtype(node.weight)
+    w = np.asarray(node.weight, dtype=fd)
+    has_bias = isinstance(node, (nir.Affine, nir.Conv2d))
+    b = (np.asarray(node.bias, dtype=fd).reshape(-1) if has_bias
+         else np.zeros(w.shape[0], dtype=fd))
+    if isinstance(node, nir.Conv2d):
+        smeta = node.metadata if isinstance(node.metadata, dict) else {}
+        if smeta.get("spikelfp_bias") is not None and not bool(np.asarray(smeta["spikelfp_bias"])):
+            if np.all(b == 0):
+                has_bias = False
+    if sum_scale != 1.0:
+        w = (w * fd.type(sum_scale)).astype(fd)
+
+    fold_gain = not np.allclose(gain, 1.0, rtol=1e-6, atol=0.0)
+    fold_leak = bool(np.any(leak != 0))
+    if fold_gain or fold_leak:
+        if isinstance(node, nir.Conv2d):
+            g_c = gain.reshape(gain.shape[0], -1)
+            l_c = leak.reshape(leak.shape[0], -1)
+            if np.any(g_c != g_c[:, :1]) or np.any(l_c != l_c[:, :1]):
+                raise ValueError(
+                    f"NIR node {neuron_name!r}: r*dt/tau or v_leak varies within a channel; it "
+                    f"cannot be folded into the per-channel weights and bias of {name!r}")
+            g, lk = g_c[:, 0], l_c[:, 0]
+            w = (w * g.reshape(-1, 1, 1, 1)).astype(fd)
+        else:
+            g, lk = gain.reshape(-1), leak.reshape(-1)
+            w = (w * g.reshape(-1, 1)).astype(fd)
+        b = (b * g + lk).astype(fd)
+        has_bias = has_bias or fold_leak
+
+    kind = "conv" if isinstance(node, nir.Conv2d) else "dense"
+    exact_beta = nmeta.get("spikelfp_beta")
+    if exact_beta is not None:
+        exact_beta = np.asarray(exact_beta, dtype=np.float64)
+        if exact_beta.shape == beta.shape and np.allclose(exact_beta, beta, rtol=0, atol=1e-12):
+            beta = exact_beta
+    theta_p = torch.from_numpy(np.array(collapse_neuron_param(theta.astype(fd), kind)))
+    beta_p = torch.from_numpy(np.array(collapse_neuron_param(beta.astype(fd), kind)))
+    tdt = torch_dtype(fd)
+
+    if kind == "dense":
+        if w.ndim != 2:
+            raise ValueError(f"NIR node {name!r}: weight of shape {w.shape} is not a matrix")
+        if out_shape != (w.shape[0],):
+            raise ValueError(f"NIR node {neuron_name!r} has shape {out_shape}, but {name!r} "
+                             f"has {w.shape[0]} outputs")
+        layer = LIFLinear(w.shape[1], w.shape[0], bias=has_bias, beta=beta_p,
+                          threshold=theta_p, reset=reset, dtype=tdt)
+    else:
+        if w.ndim != 4:
+            raise ValueError(f"NIR node {name!r}: Conv2d weight of shape {w.shape} is not 4-D")
+        layer = LIFConv2d(w.shape[1] * int(node.groups), w.shape[0],
+                          kernel_size=tuple(int(k) for k in w.shape[-2:]),
+                          stride=_pair_of(node.stride, "stride"), padding=_conv_padding(node),
+                          dilation=_pair_of(node.dilation, "dilation"), groups=int(node.groups),
+                          bias=has_bias, beta=beta_p, threshold=theta_p, reset=reset, dtype=tdt)
+    set_neuron_params(layer, beta_p, theta_p)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(w))
+        if has_bias:
+            layer.bias.copy_(torch.from_numpy(b))
+    return layer
