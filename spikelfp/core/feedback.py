@@ -86,6 +86,8 @@ def synaptic_layer_feedback(
     W = weight.detach()
     b = bias.detach() if bias is not None else None
     x = x.detach()
+    # a record from a forward run with grad enabled must not make G part of an autograd graph
+    r, membrane, spikes = r.detach(), membrane.detach(), spikes.detach()
     T, B = membrane.shape[0], membrane.shape[1]
     neuron_dims = membrane.dim() - 2
     const = x.dim() == membrane.dim() - 1

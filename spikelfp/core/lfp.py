@@ -201,8 +201,8 @@ def adaptive_clip(g: Tensor, w: Tensor, clip: float, eps: float = 1e-3) -> Tenso
         gn, wn = g.abs(), w.detach().abs()
     else:
         dims = tuple(range(1, g.dim()))
-        gn = g.norm(dim=dims, keepdim=True)
-        wn = w.detach().norm(dim=dims, keepdim=True)
+        gn = torch.linalg.vector_norm(g, dim=dims, keepdim=True)  # Tensor.norm fails for 3 dims
+        wn = torch.linalg.vector_norm(w.detach(), dim=dims, keepdim=True)
     max_norm = clip * wn.clamp(min=eps)
     scale = torch.where(gn > max_norm, max_norm / gn.clamp(min=1e-12), torch.ones_like(gn))
     return g * scale

@@ -56,14 +56,14 @@ class _Synaptic(nn.Module):
     spiking = True
     kind = "synaptic"
 
-    def __init__(self, beta, threshold, reset: str):
+    def __init__(self, beta, threshold, reset: str, dtype=None):
         super().__init__()
         check_lif_parameters(beta, threshold, reset, where=type(self).__name__)
         self.reset = reset
-        self.register_buffer("beta", torch.as_tensor(beta, dtype=torch.get_default_dtype()).clone())
-        self.register_buffer(
-            "threshold", torch.as_tensor(threshold, dtype=torch.get_default_dtype()).clone()
-        )
+        # In the layer's dtype from the start: a float64 layer must not see beta rounded to float32.
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self.register_buffer("beta", torch.as_tensor(beta, dtype=dtype).clone())
+        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=dtype).clone())
 
     # subclasses set self.ops and implement _check_input / _neuron_param
     def _neuron_param(self, p: Tensor) -> Tensor:
@@ -121,7 +121,7 @@ class LIFLinear(_Synaptic):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, beta=0.9,
                  threshold=1.0, reset: str = "subtract", device=None, dtype=None):
-        super().__init__(beta, threshold, reset)
+        super().__init__(beta, threshold, reset, dtype=dtype)
         ref = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.in_features, self.out_features = in_features, out_features
         self.weight = ref.weight
@@ -175,7 +175,7 @@ class LIFConv2d(_Synaptic):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, beta=0.9, threshold=1.0,
                  reset: str = "subtract", device=None, dtype=None):
-        super().__init__(beta, threshold, reset)
+        super().__init__(beta, threshold, reset, dtype=dtype)
         ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                         bias, device=device, dtype=dtype)
         if isinstance(ref.padding, str):
