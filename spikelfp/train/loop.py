@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 from ..core.lfp import LFP
@@ -82,6 +83,19 @@ def _gen(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def data_to_device(data: DataBundle, device: torch.device) -> DataBundle:
+    """Move in-memory tensor data sets to ``device`` once (no host-to-device copy per batch)."""
+    if device.type == "cpu":
+        return data
+
+    def move(ds):
+        if isinstance(ds, TensorDataset):
+            return TensorDataset(*(t.to(device) for t in ds.tensors))
+        return ds
+
+    return data._replace(train=move(data.train), val=move(data.val), test=move(data.test))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -127,9 +141,9 @@ class Trainer:
         if self.uses_lfp(global_step):
             res = self.lfp.compute(x, y, steps, keep_feedback=want_stats)
             self.lfp.apply(res.grads)
-            out = {"reward": res.reward.sum(dim=(0, 2)).mean().item(),
-                   "correct": (res.prediction == y).sum().item(), "n": len(y),
-                   "rates": [r.spikes.mean().item() for r in _synaptic_records(self.net, res.trace)]}
+            out = {"reward": res.reward.sum(dim=(0, 2)).mean(),
+                   "correct": (res.prediction == y).sum(), "n": len(y),
+                   "rates": _rates(self.net, res.trace)}
             if want_stats:
                 stats = update_statistics(self.net, res.grads, res.feedback)
         else:
@@ -138,8 +152,8 @@ class Trainer:
             loss.backward()
             with torch.no_grad():
                 pred = predict(trace.output, trace.membrane)
-            out = {"loss": loss.item(), "correct": (pred == y).sum().item(), "n": len(y),
-                   "rates": [r.spikes.mean().item() for r in _synaptic_records(self.net, trace)]}
+            out = {"loss": loss.detach(), "correct": (pred == y).sum(), "n": len(y),
+                   "rates": _rates(self.net, trace)}
             if want_stats:
                 stats = update_statistics(self.net, {k: -p.grad for k, p in self.net.named_parameters()
                                                      if p.grad is not None}, None)
@@ -150,6 +164,11 @@ class Trainer:
 
 def _synaptic_records(net, trace):
     return [rec for m, rec in zip(net, trace.records) if getattr(m, "kind", "") == "synaptic"]
+
+
+def _rates(net, trace) -> Tensor:
+    """Mean spike rate of each synaptic layer, as one tensor (no host sync)."""
+    return torch.stack([rec.spikes.detach().float().mean() for rec in _synaptic_records(net, trace)])
 
 
 def update_statistics(net, grads: Dict[str, Tensor], feedback: Optional[Dict[str, Tensor]]) -> Dict[str, Any]:
@@ -176,22 +195,25 @@ def evaluate(net, loader: Iterable, cfg: Dict[str, Any], sequence: bool, device,
     Returns acc, n, spike rate per synaptic layer (mean over samples, steps and neurons), and
     spikes per sample per layer.
     """
-    correct = n = 0
-    spike_sum: Optional[List[float]] = None
+    correct, n = 0, 0
+    spike_sum: Optional[Tensor] = None
+    sizes: List[int] = []
     for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         inp, steps = encode_batch(x, cfg, sequence, _gen(cfg["seed"], 10_000_019, i))
         trace = net.run(inp, steps)
-        correct += (predict(trace.output, trace.membrane) == y).sum().item()
+        correct = correct + (predict(trace.output, trace.membrane) == y).sum()
         n += len(y)
-        sums = [rec.spikes.sum().item() for rec in _synaptic_records(net, trace)]
-        sizes = [rec.spikes[0, 0].numel() * rec.spikes.shape[0] for rec in _synaptic_records(net, trace)]
-        spike_sum = sums if spike_sum is None else [a + b for a, b in zip(spike_sum, sums)]
+        recs = _synaptic_records(net, trace)
+        sums = torch.stack([rec.spikes.double().sum() for rec in recs])
+        sizes = [rec.spikes[0, 0].numel() * rec.spikes.shape[0] for rec in recs]
+        spike_sum = sums if spike_sum is None else spike_sum + sums
     if n == 0:
         raise ValueError("evaluation set is empty")
-    return {"acc": correct / n, "n": n,
-            "spike_rate": [s / (n * z) for s, z in zip(spike_sum, sizes)],
-            "spikes_per_sample": [s / n for s in spike_sum]}
+    total = spike_sum.tolist()
+    return {"acc": int(correct) / n, "n": n,
+            "spike_rate": [s / (n * z) for s, z in zip(total, sizes)],
+            "spikes_per_sample": [s / n for s in total]}
 
 
 # ---------------------------------------------------------------------------- the run
@@ -259,7 +281,7 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
     # Everything that can fail on bad input happens before anything is written.
     device = resolve_device(cfg["device"])
     dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
-    data: DataBundle = build_data(cfg)
+    data: DataBundle = data_to_device(build_data(cfg), device)
     seed_everything(cfg["seed"])
     spec = model_spec(cfg, data.input_shape, data.num_classes)
     net = build_model(spec).to(device=device, dtype=dtype)
@@ -329,27 +351,28 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
                         f.write(json.dumps({"step": global_step - 1, "epoch": epoch,
                                             "trainer": "lfp" if "reward" in out else "surrogate",
                                             **out["stats"]}) + "\n")
-                sums["correct"] += out["correct"]
+                sums["correct"] = sums["correct"] + out["correct"]
                 sums["n"] += out["n"]
                 sums["batches"] += 1
                 if "reward" in out:
-                    sums["reward"] += out["reward"]
+                    sums["reward"] = sums["reward"] + out["reward"]
                     sums["lfp_batches"] += 1
                 else:
-                    sums["loss"] += out["loss"]
-                rates = out["rates"] if rates is None else [a + b for a, b in zip(rates, out["rates"])]
-                bar.set_postfix(acc=f"{sums['correct'] / max(sums['n'], 1):.3f}")
+                    sums["loss"] = sums["loss"] + out["loss"]
+                rates = out["rates"] if rates is None else rates + out["rates"]
+                if progress and batch_i % 10 == 0:  # a host sync: only for the progress bar
+                    bar.set_postfix(acc=f"{float(sums['correct']) / max(sums['n'], 1):.3f}")
             if scheduler is not None and not per_batch:
                 scheduler.step()
             train_time = time.perf_counter() - t0
             net.eval()
-            row = {"epoch": epoch + 1, "train_acc": sums["correct"] / max(sums["n"], 1)}
+            row = {"epoch": epoch + 1, "train_acc": float(sums["correct"]) / max(sums["n"], 1)}
             nb, nl = sums["batches"], sums["lfp_batches"]
             if nl:
-                row["mean_reward"] = sums["reward"] / nl
+                row["mean_reward"] = float(sums["reward"]) / nl
             if nb - nl:
-                row["loss"] = sums["loss"] / (nb - nl)
-            row["train_spike_rate"] = [r / max(nb, 1) for r in (rates or [])]
+                row["loss"] = float(sums["loss"]) / (nb - nl)
+            row["train_spike_rate"] = [r / max(nb, 1) for r in (rates.tolist() if rates is not None else [])]
             if val_loader is not None:
                 ev = evaluate(net, val_loader, cfg, data.sequence, device, dtype, progress, "val")
                 row["val_acc"] = ev["acc"]
