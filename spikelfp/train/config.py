@@ -37,7 +37,7 @@ DEFAULTS: Dict[str, Any] = {
     "epochs": 20, "batch_size": 32, "seed": 0,
     # run
     "device": "auto", "dtype": "float32", "out": "runs", "run_name": None, "progress": "auto",
-    "log_updates_every": 50,
+    "log_updates_every": 50, "save_every": 0,
 }
 
 CHOICES = {
@@ -58,7 +58,7 @@ CHOICES = {
 }
 
 _POSITIVE_INT = ("steps", "epochs", "batch_size", "step_size")
-_NONNEG_INT = ("num_workers", "finetune_iters", "log_updates_every", "seed")
+_NONNEG_INT = ("num_workers", "finetune_iters", "log_updates_every", "seed", "save_every")
 _OPT_POSITIVE_INT = ("limit", "test_limit")
 _POSITIVE_FLOAT = ("lr", "threshold")
 _NONNEG_FLOAT = ("weight_decay", "momentum", "epsilon")

@@ -6,6 +6,7 @@ One run = one folder::
     metrics.csv      one row per epoch (also metrics.jsonl)
     updates.jsonl    update statistics every ``log_updates_every`` steps
     init.pt          the weights before training (for sign-change analyses)
+    epoch_NNN.pt     snapshots every ``save_every`` epochs (if set; for sign-change curves)
     last.pt best.pt  checkpoints (atomic writes), resumable with ``--resume``
 
 Determinism: the shuffling of epoch e and the encoder noise of batch i come from generators
@@ -178,7 +179,7 @@ def update_statistics(net, grads: Dict[str, Tensor], feedback: Optional[Dict[str
     for name, g in grads.items():
         a = g.detach().abs().flatten().float()
         q = torch.quantile(a[: 1_000_000], torch.tensor([0.5, 0.9, 0.99], device=a.device)).tolist()
-        out[name] = {"zero_fraction": (a == 0).float().mean().item(), "mean_abs": a.mean().item(),
+        out[name] = {"numel": a.numel(), "zero_fraction": (a == 0).float().mean().item(), "mean_abs": a.mean().item(),
                      "median_abs": q[0], "p90_abs": q[1], "p99_abs": q[2], "max_abs": a.max().item()}
     if feedback is not None:
         out["feedback_nonzero_fraction"] = {k: (r != 0).float().mean().item() for k, r in feedback.items()}
@@ -389,6 +390,8 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
             checkpoint(epoch + 1, 0)
             if improved:
                 checkpoint(epoch + 1, 0, "best.pt")
+            if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0:
+                checkpoint(epoch + 1, 0, f"epoch_{epoch + 1:03d}.pt")
             rates_s = " ".join(f"{r:.3f}" for r in row["spike_rate"])
             metric = f"reward {row['mean_reward']:.4f}" if "mean_reward" in row else f"loss {row['loss']:.4f}"
             val_s = f" val {row['val_acc']:.4f}" if "val_acc" in row else ""

@@ -1,0 +1,75 @@
+"""``spikelfp report RUN_DIR [RUN_DIR ...] --out report/``: the sparsity report of one or more runs.
+
+Loaded by ``spikelfp.cli`` through :func:`add_report_parser` and :func:`run_report`. Bad input
+raises ``ValueError`` / ``FileNotFoundError`` with a one-line message (exit code 2 there).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .pruning import DEFAULT_FRACTIONS
+from .weights import DEFAULT_TOLERANCE
+
+
+def add_report_parser(subparsers) -> None:
+    """Add the ``report`` sub-command to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "report", help="sparsity diagnostics report of one or more run folders",
+        description="Activity (spike rates, silent/saturated neurons, SynOps vs ANN MACs), update "
+                    "sparsity, weights (zeros, histograms, sign changes vs init) and a pruning curve "
+                    "for each run; several runs are overlaid and compared side by side. Writes "
+                    "report.md, a self-contained report.html and PNG figures into --out.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by 'spikelfp train'")
+    p.add_argument("--out", default="report", help="output folder (default: report/)")
+    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.add_argument("--limit", type=int, help="evaluate on at most this many samples")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"),
+                   help="which checkpoint of each run to analyse (default best)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="evaluation split (default test)")
+    p.add_argument("--data-root", dest="data_root", help="data folder, if it moved since training")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"|w| below this counts as near-zero (default {DEFAULT_TOLERANCE:g})")
+    p.add_argument("--prune-tolerance", dest="prune_tolerance", type=float, default=0.01,
+                   help="accuracy drop allowed by the pruning summary (default 0.01 = 1 point)")
+    p.add_argument("--no-prune", dest="prune", action="store_false", help="skip the pruning curve")
+    p.add_argument("--raster-samples", dest="raster_samples", type=int, default=3,
+                   help="samples shown in the raster plots (default 3)")
+    p.add_argument("--title", default="spikelfp sparsity report")
+    p.add_argument("--progress", default="auto", choices=("auto", "on", "off"),
+                   help="progress bars (auto: only on a terminal)")
+
+
+def run_report(args) -> int:
+    """Analyse every run folder and write the report; 0 on success."""
+    from .analyze import analyze_run
+    from .report import write_report
+
+    for d in args.runs:
+        if not Path(d).is_dir():
+            raise FileNotFoundError(f"run folder {d!r} not found")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: use a positive number of samples")
+    if not args.tolerance > 0:
+        raise ValueError(f"--tolerance {args.tolerance}: must be > 0")
+    if not 0 <= args.prune_tolerance < 1:
+        raise ValueError(f"--prune-tolerance {args.prune_tolerance}: use 0 <= value < 1")
+    if args.raster_samples < 0:
+        raise ValueError(f"--raster-samples {args.raster_samples}: must be >= 0")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
+    echo = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    runs = [analyze_run(d, checkpoint=args.checkpoint, limit=args.limit, device=args.device,
+                        split=args.split, tolerance=args.tolerance, raster_samples=args.raster_samples,
+                        prune=args.prune, fractions=DEFAULT_FRACTIONS,
+                        prune_tolerance=args.prune_tolerance, progress=progress,
+                        data_root=args.data_root, echo=echo) for d in args.runs]
+    res = write_report(runs, out, json_path=args.json, title=args.title)
+    print(f"report: {res['markdown']}, {res['html']} ({len(res['figures'])} figures)"
+          + (f", {res['json']}" if "json" in res else ""))
+    return 0
