@@ -15,12 +15,7 @@ checkpoint = pytest.importorskip("spikelfp.train.checkpoint")
 zoo = pytest.importorskip("spikelfp.nn.zoo")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _save(tmp_path, name="ck.pt", **spec_over):

@@ -23,6 +23,7 @@ nir = pytest.importorskip("nir")
 pytest.importorskip("h5py")
 
 import spikelfp.nn as snn  # noqa: E402
+from _helpers import boost  # noqa: E402
 from hardware_export import from_nir, spike_agreement, write_nir  # noqa: E402
 from hardware_export.consumers import (  # noqa: E402
     simulate_norse,
@@ -31,26 +32,13 @@ from hardware_export.consumers import (  # noqa: E402
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _boost(net, factor=3.0):
-    with torch.no_grad():
-        for m in net:
-            if getattr(m, "weight", None) is not None:
-                m.weight.mul_(factor)
-    return net
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def dense_net(reset="zero", seed=0):
     # snnTorch needs one threshold per layer; decays may be per neuron
     torch.manual_seed(seed)
-    return _boost(snn.Sequential(
+    return boost(snn.Sequential(
         snn.LIFLinear(20, 32, beta=torch.rand(32) * 0.5 + 0.45, threshold=1.0, reset=reset),
         snn.LIFLinear(32, 8, beta=0.8, threshold=0.7, reset=reset),
     )), (20,)
@@ -58,7 +46,7 @@ def dense_net(reset="zero", seed=0):
 
 def conv_net(reset="zero", seed=0):
     torch.manual_seed(seed)
-    return _boost(snn.Sequential(
+    return boost(snn.Sequential(
         snn.LIFConv2d(1, 4, 3, padding=1, beta=torch.rand(4) * 0.4 + 0.55, threshold=0.8,
                       reset=reset),
         snn.AvgPool2d(2),
@@ -109,7 +97,7 @@ def test_norse_reproduces_spikelfp_after_folding_r(tmp_path, make):
 def test_norse_if_layers_are_exact(tmp_path):
     pytest.importorskip("norse")
     torch.manual_seed(2)
-    net = _boost(snn.Sequential(snn.LIFLinear(20, 16, beta=1.0, reset="zero"),
+    net = boost(snn.Sequential(snn.LIFLinear(20, 16, beta=1.0, reset="zero"),
                                 snn.LIFLinear(16, 5, beta=1.0, threshold=2.0, reset="zero")))
     g = _written(net, (20,), tmp_path, "if.nir")
     assert isinstance(g.nodes["layer0_if"], nir.IF)

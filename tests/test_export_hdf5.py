@@ -10,32 +10,20 @@ import torch
 h5py = pytest.importorskip("h5py")
 
 import spikelfp.nn as snn  # noqa: E402
+from _helpers import boost  # noqa: E402
 from hardware_export import read_hdf5, read_hdf5_metadata, write_hdf5  # noqa: E402
 from hardware_export import hdf5_export as H  # noqa: E402
 
 SCHEMA = Path(H.__file__).with_name("SCHEMA.md")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _boost(net, factor=3.0):
-    with torch.no_grad():
-        for m in net:
-            if getattr(m, "weight", None) is not None:
-                m.weight.mul_(factor)
-    return net
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def full_net(reset="subtract", seed=0):
     """Every layer type the HDF5 layout holds, per-neuron and per-channel parameters."""
     torch.manual_seed(seed)
-    return _boost(snn.Sequential(
+    return boost(snn.Sequential(
         snn.LIFConv2d(2, 4, 3, padding=1, beta=torch.rand(4) * 0.4 + 0.55,
                       threshold=torch.rand(4, 8, 8) + 0.5, reset=reset),
         snn.AvgPool2d(2),

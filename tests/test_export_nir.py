@@ -10,6 +10,7 @@ nir = pytest.importorskip("nir")
 pytest.importorskip("h5py")
 
 import spikelfp.nn as snn  # noqa: E402
+from _helpers import boost  # noqa: E402
 from hardware_export import (  # noqa: E402
     ResetMismatchError,
     ResetMismatchWarning,
@@ -20,26 +21,12 @@ from hardware_export import (  # noqa: E402
 from hardware_export.consumers import fold_resistance  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matmuls: one thread is faster and avoids oversubscription on busy machines
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _boost(net, factor=3.0):
-    with torch.no_grad():
-        for m in net:
-            if getattr(m, "weight", None) is not None:
-                m.weight.mul_(factor)
-    return net
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def linear_net(reset="zero", seed=0):
     torch.manual_seed(seed)
-    return _boost(snn.Sequential(
+    return boost(snn.Sequential(
         snn.LIFLinear(12, 24, beta=torch.rand(24) * 0.5 + 0.45, threshold=torch.rand(24) + 0.5,
                       reset=reset),
         snn.LIFLinear(24, 16, bias=False, beta=0.7, threshold=0.8, reset=reset),
@@ -49,7 +36,7 @@ def linear_net(reset="zero", seed=0):
 
 def conv_net(reset="zero", seed=0):
     torch.manual_seed(seed)
-    return _boost(snn.Sequential(
+    return boost(snn.Sequential(
         snn.LIFConv2d(2, 4, 3, padding=1, beta=torch.rand(4) * 0.4 + 0.55,
                       threshold=torch.rand(4, 8, 8) + 0.5, reset=reset),
         snn.AvgPool2d(2),
@@ -128,7 +115,7 @@ def test_nodes_and_parameters_follow_the_standard_discretization():
 
 def test_beta_one_becomes_if_and_round_trips(tmp_path):
     torch.manual_seed(3)
-    net = _boost(snn.Sequential(snn.LIFLinear(10, 8, beta=1.0, reset="zero"),
+    net = boost(snn.Sequential(snn.LIFLinear(10, 8, beta=1.0, reset="zero"),
                                 snn.LIFLinear(8, 4, beta=0.9, threshold=0.5, reset="zero")))
     write_nir(net, tmp_path / "if.nir", dt=1e-3)
     g = nir.read(str(tmp_path / "if.nir"))
