@@ -25,6 +25,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="time steps T per sample")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--cache-dir", dest="cache_dir", help="event data: cache binned frames on disk here")
 
 
 def _train_parser(sub) -> None:
@@ -34,6 +35,15 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     _add_common(p)
     p.add_argument("--encoder", help="constant | poisson | latency | delta")
+    p.add_argument("--event-window-us", dest="event_window_us", type=float,
+                   help="event data: fixed time window per step (default: T equal bins per sample)")
+    p.add_argument("--event-denoise-us", dest="event_denoise_us", type=float, help="event data: tonic Denoise filter time")
+    p.add_argument("--event-first-saccade", dest="event_first_saccade", action="store_true", default=None,
+                   help="N-MNIST: keep only the first saccade")
+    p.add_argument("--event-merge-polarity", dest="event_merge_polarity", action="store_true", default=None)
+    p.add_argument("--event-downsample", dest="event_downsample", type=int, help="event data: spatial downsampling factor")
+    p.add_argument("--event-binary", dest="event_binary", action="store_true", default=None,
+                   help="event data: clip frame counts to binary spikes")
     p.add_argument("--model", help="mlp | lenet | convnet")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths, e.g. --hidden 1000")
     p.add_argument("--beta", type=float, help="membrane decay in (0, 1]")
@@ -67,7 +77,9 @@ _TRAIN_KEYS = ("dataset", "data_root", "download", "limit", "test_limit", "steps
                "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "trainer",
                "rule", "reward", "normalize", "clip_norm", "agc", "surrogate", "loss",
                "finetune_iters", "epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule",
-               "val_fraction", "seed", "dtype", "out", "run_name", "progress")
+               "val_fraction", "seed", "dtype", "out", "run_name", "progress", "cache_dir",
+               "event_window_us", "event_denoise_us", "event_first_saccade", "event_merge_polarity",
+               "event_downsample", "event_binary")
 
 
 def _eval_parser(sub) -> None:
@@ -102,7 +114,7 @@ def cmd_eval(args) -> int:
 
     net, cfg = load_model(args.checkpoint)
     over = {k: getattr(args, k) for k in ("dataset", "data_root", "download", "limit", "test_limit",
-                                          "steps", "device", "batch_size")}
+                                          "steps", "device", "batch_size", "cache_dir")}
     cfg = resolve(None, {**cfg, **{k: v for k, v in over.items() if v is not None}})
     device = resolve_device(cfg["device"])
     data = build_data(cfg)

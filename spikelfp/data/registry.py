@@ -29,6 +29,7 @@ class DataBundle(NamedTuple):
 
 
 _REGISTRY: Dict[str, Callable[[dict], DataBundle]] = {}
+_PREFIXES: Dict[str, Callable[[dict], DataBundle]] = {}
 
 
 def register_dataset(name: str):
@@ -36,6 +37,17 @@ def register_dataset(name: str):
 
     def deco(fn):
         _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def register_dataset_prefix(prefix: str):
+    """Decorator adding a builder for every name that starts with ``prefix`` (e.g. ``"tonic:"``
+    for ``tonic:ClassName``); exact names win over prefixes."""
+
+    def deco(fn):
+        _PREFIXES[prefix] = fn
         return fn
 
     return deco
@@ -49,7 +61,7 @@ def dataset_names():
 def _load_optional() -> None:
     try:  # event data sets register themselves when their module (and tonic) is available
         from . import events  # noqa: F401
-    except ImportError:
+    except ImportError:  # pragma: no cover - events.py guards its own optional imports
         pass
 
 
@@ -57,9 +69,13 @@ def build_data(cfg: dict) -> DataBundle:
     """Build the data set named ``cfg["dataset"]`` with its splits."""
     _load_optional()
     name = cfg["dataset"]
-    if name not in _REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; use one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name](cfg)
+    if name in _REGISTRY:
+        return _REGISTRY[name](cfg)
+    for prefix, builder in _PREFIXES.items():
+        if name.startswith(prefix):
+            return builder(cfg)
+    hint = "".join(f", or {p}<Name>" for p in _PREFIXES)
+    raise DataError(f"unknown dataset {name!r}; use one of {sorted(_REGISTRY)}{hint}")
 
 
 def split_train_val(x: Tensor, y: Tensor, val_fraction: float, limit: Optional[int],

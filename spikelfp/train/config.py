@@ -22,6 +22,9 @@ DEFAULTS: Dict[str, Any] = {
     # data
     "dataset": "digits", "data_root": None, "download": False, "limit": None, "test_limit": None,
     "val_fraction": 0.1, "encoder": "constant", "steps": 25, "num_workers": 0,
+    # event data (tonic): time binning and preprocessing
+    "event_window_us": None, "event_denoise_us": None, "event_first_saccade": False,
+    "event_merge_polarity": False, "event_downsample": 1, "event_binary": False, "cache_dir": None,
     # model
     "model": "mlp", "hidden": [128], "channels": [16, 32], "pool_input": 1, "bias": True,
     "beta": 0.9, "threshold": 1.0, "reset": "subtract",
@@ -57,12 +60,13 @@ CHOICES = {
     "progress": ("auto", "on", "off"),
 }
 
-_POSITIVE_INT = ("steps", "epochs", "batch_size", "step_size")
+_POSITIVE_INT = ("steps", "epochs", "batch_size", "step_size", "event_downsample")
 _NONNEG_INT = ("num_workers", "finetune_iters", "log_updates_every", "seed", "save_every")
 _OPT_POSITIVE_INT = ("limit", "test_limit")
 _POSITIVE_FLOAT = ("lr", "threshold")
 _NONNEG_FLOAT = ("weight_decay", "momentum", "epsilon")
-_OPT_POSITIVE_FLOAT = ("clip_norm", "agc", "surrogate_slope")
+_OPT_POSITIVE_FLOAT = ("clip_norm", "agc", "surrogate_slope", "event_window_us", "event_denoise_us")
+_BOOL = ("download", "bias", "event_first_saccade", "event_merge_polarity", "event_binary")
 
 
 def _num(key, v, kind):
@@ -105,6 +109,9 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
             out[k] = _num(k, out[k], float)
             if not out[k] > 0:
                 raise ConfigError(f"config key {k!r}: {out[k]} must be > 0 (or null)")
+    for k in _BOOL:
+        if not isinstance(out[k], bool):
+            raise ConfigError(f"config key {k!r}: {out[k]!r} must be true or false")
     out["beta"] = _num("beta", out["beta"], float)
     if not 0 < out["beta"] <= 1:
         raise ConfigError(f"config key 'beta': {out['beta']} is out of range; beta must lie in (0, 1]")
