@@ -21,7 +21,6 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 import torch.nn.functional as Fn
 
-from .lif import temporal_contribution, total_contribution
 from .rules import TEMPORAL_MODES, Rule, check_norm_scope, maxabs_normalize
 
 Tensor = torch.Tensor
@@ -93,118 +92,132 @@ def synaptic_layer_feedback(
     const = x.dim() == membrane.dim() - 1
     eps = rule.epsilon
 
-    # Contributions to the membrane: z = z^u + W x + b.
-    if spiking:
-        zu = temporal_contribution(membrane, spikes, beta, reset)
-        z = total_contribution(membrane, spikes, threshold, reset)
-    else:
-        zu = torch.zeros_like(membrane)
-        z = membrane
+    dt, dev = membrane.dtype, membrane.device
+    beta_t = torch.as_tensor(beta, dtype=dt, device=dev)
+    th = torch.as_tensor(threshold, dtype=dt, device=dev)
+    one = torch.ones((), dtype=dt, device=dev)
     bview = _neuron_view(b, neuron_dims) if b is not None else None
+    name = rule.name
+    ab = name == "alphabeta"
+    direction = temporal == "direction"
 
-    ab = rule.name == "alphabeta"
-    signed = bool((x < 0).any()) if ab else False
-    if ab:
+    def at(a: Tensor, t: int) -> Tensor:  # a [T, B, ...] or a constant [B, ...]
+        return a if a.dim() == membrane.dim() - 1 else a[t]
+
+    # The only [T, B, *out]-sized precomputes are the ones that need a matrix multiply.
+    if name == "zplus_zminus":  # sum of |contributions| other than the temporal one, + eps
+        base = ops.forward(x.abs(), W.abs(), None) + eps
+        if bview is not None:
+            base = base + bview.abs()
+    if ab:  # sums of the positive / negative synaptic and bias contributions
+        signed = bool((x < 0).any())
         xp = x.clamp(min=0)
         xn = x.clamp(max=0) if signed else None
         Wp, Wn = W.clamp(min=0), W.clamp(max=0)
-        Zp = ops.forward(xp, Wp, None) + zu.clamp(min=0)
-        Zn = ops.forward(xp, Wn, None) + zu.clamp(max=0)
+        P, N = ops.forward(xp, Wp, None), ops.forward(xp, Wn, None)
         if signed:
-            Zp = Zp + ops.forward(xn, Wn, None)
-            Zn = Zn + ops.forward(xn, Wp, None)
+            P, N = P + ops.forward(xn, Wn, None), N + ops.forward(xn, Wp, None)
         if bview is not None:
-            Zp = Zp + bview.clamp(min=0)
-            Zn = Zn + bview.clamp(max=0)
-        scale_p = rule.alpha / (Zp + eps)
-        scale_n = rule.beta / (Zn.abs() + eps)
-        tmask = zu > 0
-    else:
-        if rule.name == "zero":
-            D = z.abs()
-        elif rule.name == "epsilon":
-            D = z.abs() + eps
-        elif rule.name == "zplus_zminus":
-            D = zu.abs() + ops.forward(x.abs(), W.abs(), None) + eps
-            if bview is not None:
-                D = D + bview.abs()
-            D = D.expand_as(z)
-        elif rule.name == "lfprop":
-            prev_v = torch.zeros_like(membrane)
-            prev_v[1:] = membrane[:-1]
-            D = prev_v.abs() + (z - prev_v).abs() + eps
-            zu = torch.as_tensor(beta, dtype=membrane.dtype, device=membrane.device) * prev_v
-        else:  # pragma: no cover - make_rule guards this
-            raise ValueError(rule.name)
-        nonzero = D > 0
-        D = torch.where(nonzero, D, torch.ones_like(D))
-        tfac = zu.abs() if temporal == "direction" else zu
+            P, N = P + bview.clamp(min=0), N + bview.clamp(max=0)
 
     if normalize == "layer":
         r = maxabs_normalize(r)
 
-    # Reverse scan over time: only elementwise work on [B, *out] per step.
-    c = torch.zeros_like(r[0])
-    ns, nps, nns, Fs, cs = [], [], [], [], []
+    # n is kept whole only where it is needed: for the feedback below, for a time-varying input,
+    # or for details. The lowest layer under a constant input only needs sum_t n_t.
+    keep = need_below or not const or details
+    bufs = [torch.empty_like(membrane) for _ in range(2 if ab else 1)] if keep else None
+    sums = None if keep else [torch.zeros_like(membrane[0]) for _ in range(2 if ab else 1)]
+    F_buf = torch.empty_like(membrane) if details else None
+    c_buf = torch.zeros_like(membrane) if details else None
+
+    # Reverse scan over time: elementwise work on [B, *out] views only.
+    c = None
     for t in range(T - 1, -1, -1):
-        F = r[t] + c
+        F = r[t] if c is None else r[t] + c
         if normalize == "step":
             F = maxabs_normalize(F)
         elif normalize == "sample":
             F = maxabs_normalize(F, per_sample=True)
         if details:
-            Fs.append(F)
-            cs.append(c)
-        if ab:
-            n_p = F * scale_p[t]
-            n_n = F * scale_n[t]
-            nps.append(n_p)
-            nns.append(n_n)
-            tz = zu[t].abs() if temporal == "direction" else zu[t]
-            c = tz * torch.where(tmask[t], n_p, n_n)
+            F_buf[t] = F
+            if c is not None:
+                c_buf[t] = c
+        v = membrane[t]
+        # temporal contribution z^u_t and total z_t (spec section 3; lfprop: spec 3b)
+        zu = None
+        if spiking and t > 0:
+            v_prev = membrane[t - 1]
+            zu = beta_t * v_prev
+            if reset == "zero" and name != "lfprop":
+                zu = zu * (1 - spikes[t - 1])
+        if spiking and t > 0 and reset == "subtract":
+            z = torch.addcmul(v, spikes[t - 1], th)
         else:
-            n = F / D[t]
-            if rule.name == "zero":
-                n = torch.where(nonzero[t], n, torch.zeros_like(n))
-            ns.append(n)
-            c = tfac[t] * n
+            z = v
+        if ab:
+            Zp, Zn = at(P, t), at(N, t)
+            if zu is not None:
+                Zp, Zn = Zp + zu.clamp(min=0), Zn + zu.clamp(max=0)
+            ns = (F * (rule.alpha / (Zp + eps)), F * (rule.beta / (Zn.abs() + eps)))
+        else:
+            if name == "zero":
+                D = z.abs()
+                n = torch.where(D > 0, F / torch.where(D > 0, D, one), torch.zeros_like(F))
+            else:
+                if name == "epsilon":
+                    D = z.abs() + eps
+                elif name == "zplus_zminus":
+                    D = at(base, t) if zu is None else at(base, t) + zu.abs()
+                elif name == "lfprop":
+                    D = (z.abs() if zu is None else v_prev.abs() + (z - v_prev).abs()) + eps
+                else:  # pragma: no cover - make_rule guards this
+                    raise ValueError(name)
+                n = F / D
+            ns = (n,)
+        if keep:
+            for buf, n_ in zip(bufs, ns):
+                buf[t] = n_
+        else:
+            for acc, n_ in zip(sums, ns):
+                acc += n_
+        if zu is not None:  # temporal feedback handed to step t-1
+            tz = zu.abs() if direction else zu
+            c = tz * (torch.where(zu > 0, ns[0], ns[1]) if ab else ns[0])
+        else:
+            c = None
 
-    def stack(seq):
-        return torch.stack(seq[::-1])
-
+    scale = 1.0 / B if batch_reduction == "mean" else 1.0
+    if keep:
+        totals = [buf.sum(0) for buf in bufs] if const else bufs
+    else:
+        totals = sums
     absW = W.abs()
     if ab:
-        n_p, n_n = stack(nps), stack(nns)
-        sp, sn = (n_p.sum(0), n_n.sum(0)) if const else (n_p, n_n)
+        sp, sn = totals
         pos_w = ops.correlate(sp, xp, W.shape)  # terms W>0, x>0 are positive
         neg_w = ops.correlate(sn, xp, W.shape)  # terms W<0, x>0 are negative
         if signed:
             pos_w = pos_w + ops.correlate(sn, xn, W.shape)
             neg_w = neg_w + ops.correlate(sp, xn, W.shape)
-        G_W = absW * torch.where(W > 0, pos_w, neg_w)
+        G_W = absW.mul_(torch.where(W > 0, pos_w, neg_w)).mul_(scale)
         G_b = None
         if b is not None:
-            G_b = b.abs() * torch.where(b > 0, ops.bias_sum(n_p), ops.bias_sum(n_n))
+            G_b = b.abs() * torch.where(b > 0, ops.bias_sum(sp), ops.bias_sum(sn)) * scale
         below = None
         if need_below:
+            n_p, n_n = bufs
             below = xp * (ops.transpose(n_p, Wp, x.shape) + ops.transpose(n_n, Wn, x.shape))
             if signed:
                 below = below + xn * (ops.transpose(n_p, Wn, x.shape) + ops.transpose(n_n, Wp, x.shape))
-        n_out = (n_p, n_n)
     else:
-        n = stack(ns)
-        G_W = absW * ops.correlate(n.sum(0) if const else n, x, W.shape)
-        G_b = b.abs() * ops.bias_sum(n) if b is not None else None
-        below = x * ops.transpose(n, W, x.shape) if need_below else None
-        n_out = n
+        G_W = absW.mul_(ops.correlate(totals[0], x, W.shape)).mul_(scale)
+        G_b = b.abs() * ops.bias_sum(totals[0]) * scale if b is not None else None
+        below = x * ops.transpose(bufs[0], W, x.shape) if need_below else None
 
-    if batch_reduction == "mean":
-        G_W = G_W / B
-        if G_b is not None:
-            G_b = G_b / B
     if not details:
         return LayerFeedback(G_W, G_b, below)
-    return LayerFeedback(G_W, G_b, below, stack(Fs), stack(cs), n_out)
+    return LayerFeedback(G_W, G_b, below, F_buf, c_buf, tuple(bufs) if ab else bufs[0])
 
 
 # ----------------------------------------------------------------------------- stateless layers

@@ -103,6 +103,8 @@ def lif_scan(
     beta = torch.as_tensor(beta, dtype=current.dtype, device=current.device)
     threshold = torch.as_tensor(threshold, dtype=current.dtype, device=current.device)
 
+    if spike_fn is None and not (torch.is_grad_enabled() and current.requires_grad):
+        return _scan_into_buffers(current, beta, threshold, reset, T, frame_shape, constant)
     v = torch.zeros(frame_shape, dtype=current.dtype, device=current.device)
     s = torch.zeros_like(v)
     spikes, membranes = [], []
@@ -120,31 +122,23 @@ def lif_scan(
     return LIFTrace(torch.stack(spikes), torch.stack(membranes))
 
 
-def temporal_contribution(
-    membrane: Tensor, spikes: Tensor, beta: Union[Tensor, Number], reset: str
-) -> Tensor:
-    """The temporal term z^u_t of every step, ``[T, B, ...]`` (spec section 3).
-
-    z^u_t = beta * v_{t-1} for reset "subtract" (the reset term carries no feedback) and
-    beta * v_{t-1} * (1 - s_{t-1}) for reset "zero"; z^u_1 = 0.
-    """
-    beta = torch.as_tensor(beta, dtype=membrane.dtype, device=membrane.device)
-    prev_v = torch.zeros_like(membrane)
-    prev_v[1:] = membrane[:-1]
-    if reset == "zero":
-        prev_v[1:] = prev_v[1:] * (1 - spikes[:-1])
-    return beta * prev_v
-
-
-def total_contribution(membrane: Tensor, spikes: Tensor, threshold, reset: str) -> Tensor:
-    """z_t = z^u_t + sum_i W_ji x_{t,i} + b_j of every step ``[T, B, ...]`` (spec section 3).
-
-    For reset "subtract" that is v_t + theta * s_{t-1} (the reset term carries no feedback);
-    for reset "zero" the reset is already left out of z^u, so z_t = v_t.
-    """
-    if reset == "zero":
-        return membrane
-    out = membrane.clone()
-    th = torch.as_tensor(threshold, dtype=membrane.dtype, device=membrane.device)
-    out[1:] += th * spikes[:-1]
-    return out
+def _scan_into_buffers(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T: int,
+                       frame_shape, constant: bool) -> LIFTrace:
+    """The Heaviside scan of :func:`lif_scan` when no autograd graph is needed: written straight
+    into preallocated ``[T, ...]`` outputs, with the same arithmetic in the same order (so the
+    spikes and membranes are bit-identical), without per-step temporaries or a final stack."""
+    V = torch.empty((T, *frame_shape), dtype=current.dtype, device=current.device)
+    S = torch.empty_like(V)
+    for t in range(T):
+        i_t = current if constant else current[t]
+        v = V[t]
+        if t == 0:
+            v.copy_(i_t)  # beta * 0 + I - 0 * theta
+        elif reset == "subtract":
+            torch.mul(V[t - 1], beta, out=v)
+            v.add_(i_t).sub_(S[t - 1] * threshold)
+        else:
+            torch.mul((1 - S[t - 1]) * V[t - 1], beta, out=v)
+            v.add_(i_t)
+        S[t].copy_((v - threshold) > 0)
+    return LIFTrace(S, V)
