@@ -52,12 +52,11 @@ def _layers(runs: Sequence[Run]) -> int:
 
 # ---------------------------------------------------------------------------- activity
 
-def spike_rate_histograms(runs: Sequence[Run], path) -> Optional[str]:
-    """Per synaptic layer: histogram of per-neuron spike rates (silent neurons in the first bin)."""
+def _activity_panels(runs: Sequence[Run], path, draw, xlabel: str, ylabel: str, finish=None) -> Optional[str]:
+    """One panel per synaptic layer; ``draw(ax, layer_dict, run, i)`` adds each run's curve."""
     L = _layers(runs)
     rows, cols = _grid(L)
     fig, axes = _figure(rows, cols)
-    bins = np.linspace(0, 1, 41)
     for k in range(L):
         ax = axes.flat[k]
         title = None
@@ -67,40 +66,38 @@ def spike_rate_histograms(runs: Sequence[Run], path) -> Optional[str]:
                 continue
             d = layers[k]
             title = title or d["label"]
-            ax.hist(np.asarray(d["neuron_rates"]), bins=bins, histtype="step", lw=1.6, color=_color(i),
-                    label=f"{r['run']} (mean {d['rate']:.3f}, silent {100 * d['silent_fraction']:.0f} %)")
+            draw(ax, d, r, i)
         ax.set_title(f"layer {title}", fontsize=9)
-        ax.set_xlabel("spike rate per neuron (spikes / step)")
-        ax.set_ylabel("neurons")
-        ax.set_yscale("symlog", linthresh=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if finish is not None:
+            finish(ax)
         ax.legend(fontsize=7)
     _hide_unused(axes, L)
     return _save(fig, path)
+
+
+def spike_rate_histograms(runs: Sequence[Run], path) -> Optional[str]:
+    """Per synaptic layer: histogram of per-neuron spike rates (silent neurons in the first bin)."""
+    bins = np.linspace(0, 1, 41)
+
+    def draw(ax, d, r, i):
+        ax.hist(np.asarray(d["neuron_rates"]), bins=bins, histtype="step", lw=1.6, color=_color(i),
+                label=f"{r['run']} (mean {d['rate']:.3f}, silent {100 * d['silent_fraction']:.0f} %)")
+
+    return _activity_panels(runs, path, draw, "spike rate per neuron (spikes / step)", "neurons",
+                            lambda ax: ax.set_yscale("symlog", linthresh=1))
 
 
 def rate_over_time(runs: Sequence[Run], path) -> Optional[str]:
     """Per synaptic layer: mean spike rate at each time step."""
-    L = _layers(runs)
-    rows, cols = _grid(L)
-    fig, axes = _figure(rows, cols)
-    for k in range(L):
-        ax = axes.flat[k]
-        title = None
-        for i, r in enumerate(runs):
-            layers = r["activity"]["layers"]
-            if k >= len(layers):
-                continue
-            d = layers[k]
-            title = title or d["label"]
-            y = d["rate_over_time"]
-            ax.plot(np.arange(1, len(y) + 1), y, color=_color(i), marker=".", label=r["run"])
-        ax.set_title(f"layer {title}", fontsize=9)
-        ax.set_xlabel("time step t")
-        ax.set_ylabel("mean spike rate")
-        ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7)
-    _hide_unused(axes, L)
-    return _save(fig, path)
+
+    def draw(ax, d, r, i):
+        y = d["rate_over_time"]
+        ax.plot(np.arange(1, len(y) + 1), y, color=_color(i), marker=".", label=r["run"])
+
+    return _activity_panels(runs, path, draw, "time step t", "mean spike rate",
+                            lambda ax: ax.set_ylim(bottom=0))
 
 
 def raster(run: Run, path, max_neurons: int = 256) -> Optional[str]:
