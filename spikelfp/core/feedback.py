@@ -131,61 +131,69 @@ def synaptic_layer_feedback(
     F_buf = torch.empty_like(membrane) if details else None
     c_buf = torch.zeros_like(membrane) if details else None
 
-    # Reverse scan over time: elementwise work on [B, *out] views only.
-    c = None
+    # Reverse scan over time: elementwise work on [B, *out] views only, in three scratch buffers
+    # (F_t; z^u_t, which becomes c_{t-1} in place; D_t) and the n buffers: no per-step allocation.
+    F_s, C_s, D_s = (torch.empty_like(membrane[0]) for _ in range(3))
+    n_tmp = None if (keep or ab) else torch.empty_like(F_s)
+    have_c = False
     for t in range(T - 1, -1, -1):
-        F = r[t] if c is None else r[t] + c
+        F = torch.add(r[t], C_s, out=F_s) if have_c else F_s.copy_(r[t])
         if normalize == "step":
-            F = maxabs_normalize(F)
+            maxabs_normalize(F, inplace=True)
         elif normalize == "sample":
-            F = maxabs_normalize(F, per_sample=True)
+            maxabs_normalize(F, per_sample=True, inplace=True)
         if details:
             F_buf[t] = F
-            if c is not None:
-                c_buf[t] = c
+            if have_c:
+                c_buf[t] = C_s
         v = membrane[t]
-        # temporal contribution z^u_t and total z_t (spec section 3; lfprop: spec 3b)
+        # temporal contribution z^u_t (spec section 3; lfprop: spec 3b) and total z_t
         zu = None
         if spiking and t > 0:
             v_prev = membrane[t - 1]
-            zu = beta_t * v_prev
+            zu = torch.mul(v_prev, beta_t, out=C_s)
             if reset == "zero" and name != "lfprop":
-                zu = zu * (1 - spikes[t - 1])
+                zu.mul_(1 - spikes[t - 1])
         if spiking and t > 0 and reset == "subtract":
-            z = torch.addcmul(v, spikes[t - 1], th)
+            z = torch.addcmul(v, spikes[t - 1], th, out=D_s)
         else:
-            z = v
+            z = v  # read only
         if ab:
             Zp, Zn = at(P, t), at(N, t)
             if zu is not None:
                 Zp, Zn = Zp + zu.clamp(min=0), Zn + zu.clamp(max=0)
             ns = (F * (rule.alpha / (Zp + eps)), F * (rule.beta / (Zn.abs() + eps)))
         else:
+            out = bufs[0][t] if keep else n_tmp
             if name == "zero":
-                D = z.abs()
-                n = torch.where(D > 0, F / torch.where(D > 0, D, one), torch.zeros_like(F))
+                D = torch.abs(z, out=D_s)
+                torch.where(D > 0, F / torch.where(D > 0, D, one), torch.zeros_like(F), out=out)
             else:
                 if name == "epsilon":
-                    D = z.abs() + eps
+                    D = torch.abs(z, out=D_s).add_(eps)
                 elif name == "zplus_zminus":
-                    D = at(base, t) if zu is None else at(base, t) + zu.abs()
+                    D = at(base, t) if zu is None else torch.abs(zu, out=D_s).add_(at(base, t))
                 elif name == "lfprop":
-                    D = (z.abs() if zu is None else v_prev.abs() + (z - v_prev).abs()) + eps
+                    if zu is None:
+                        D = torch.abs(z, out=D_s).add_(eps)
+                    else:
+                        D = torch.sub(z, v_prev, out=D_s).abs_().add_(v_prev.abs()).add_(eps)
                 else:  # pragma: no cover - make_rule guards this
                     raise ValueError(name)
-                n = F / D
-            ns = (n,)
-        if keep:
+                torch.div(F, D, out=out)
+            ns = (out,)
+        if ab and keep:
             for buf, n_ in zip(bufs, ns):
                 buf[t] = n_
-        else:
+        if not keep:
             for acc, n_ in zip(sums, ns):
-                acc += n_
-        if zu is not None:  # temporal feedback handed to step t-1
-            tz = zu.abs() if direction else zu
-            c = tz * (torch.where(zu > 0, ns[0], ns[1]) if ab else ns[0])
-        else:
-            c = None
+                acc.add_(n_)
+        have_c = zu is not None
+        if have_c:  # c_{t-1} = z^u_t * n_t (direction: |z^u_t| * n_t), written over z^u in C_s
+            n_sel = torch.where(zu > 0, ns[0], ns[1]) if ab else ns[0]
+            if direction:
+                zu.abs_()
+            zu.mul_(n_sel)
 
     scale = 1.0 / B if batch_reduction == "mean" else 1.0
     if keep:
@@ -213,7 +221,7 @@ def synaptic_layer_feedback(
     else:
         G_W = absW.mul_(ops.correlate(totals[0], x, W.shape)).mul_(scale)
         G_b = b.abs() * ops.bias_sum(totals[0]) * scale if b is not None else None
-        below = x * ops.transpose(bufs[0], W, x.shape) if need_below else None
+        below = ops.transpose(bufs[0], W, x.shape).mul_(x) if need_below else None
 
     if not details:
         return LayerFeedback(G_W, G_b, below)

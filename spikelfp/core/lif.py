@@ -129,6 +129,7 @@ def _scan_into_buffers(current: Tensor, beta: Tensor, threshold: Tensor, reset: 
     spikes and membranes are bit-identical), without per-step temporaries or a final stack."""
     V = torch.empty((T, *frame_shape), dtype=current.dtype, device=current.device)
     S = torch.empty_like(V)
+    neg_threshold = -threshold
     for t in range(T):
         i_t = current if constant else current[t]
         v = V[t]
@@ -136,9 +137,11 @@ def _scan_into_buffers(current: Tensor, beta: Tensor, threshold: Tensor, reset: 
             v.copy_(i_t)  # beta * 0 + I - 0 * theta
         elif reset == "subtract":
             torch.mul(V[t - 1], beta, out=v)
-            v.add_(i_t).sub_(S[t - 1] * threshold)
+            # v + s * (-theta) with s in {0, 1} is exactly v - s * theta: one pass instead of two
+            v.add_(i_t).addcmul_(S[t - 1], neg_threshold)
         else:
             torch.mul((1 - S[t - 1]) * V[t - 1], beta, out=v)
             v.add_(i_t)
-        S[t].copy_((v - threshold) > 0)
+        # v > theta is exactly (v - theta) > 0 in IEEE arithmetic with subnormals (torch's default)
+        torch.gt(v, threshold, out=S[t])
     return LIFTrace(S, V)

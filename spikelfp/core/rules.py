@@ -81,18 +81,21 @@ def check_norm_scope(scope) -> Optional[str]:
     return scope
 
 
-def maxabs_normalize(F: Tensor, per_sample: bool = False, sample_dim: int = 0) -> Tensor:
+def maxabs_normalize(F: Tensor, per_sample: bool = False, sample_dim: int = 0,
+                     inplace: bool = False) -> Tensor:
     """Divide F by max|F| where that max exceeds 1e-10 (left untouched otherwise).
 
     ``per_sample=False``: one max over the whole tensor. ``per_sample=True``: one max per index
-    along ``sample_dim`` (the batch dimension).
+    along ``sample_dim`` (the batch dimension). ``inplace=True`` divides F itself.
     """
     if per_sample:
         dims = tuple(d for d in range(F.dim()) if d != sample_dim)
         m = F.abs().amax(dim=dims, keepdim=True) if dims else F.abs()
     else:
-        m = F.abs().amax()
-    return F / torch.where(m > NORM_FLOOR, m, torch.ones_like(m))
+        lo, hi = torch.aminmax(F)  # one pass over F instead of abs + amax
+        m = torch.maximum(hi, -lo)
+    m = torch.where(m > NORM_FLOOR, m, torch.ones_like(m))
+    return F.div_(m) if inplace else F / m
 
 
 def resolve_rule(rules: Union[RuleSpec, Mapping[str, RuleSpec]], name: str, kinds: Tuple[str, ...],
