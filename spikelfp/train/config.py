@@ -66,6 +66,12 @@ _OPT_POSITIVE_INT = ("limit", "test_limit")
 _POSITIVE_FLOAT = ("lr", "threshold")
 _NONNEG_FLOAT = ("weight_decay", "momentum", "epsilon")
 _OPT_POSITIVE_FLOAT = ("clip_norm", "agc", "surrogate_slope", "event_window_us", "event_denoise_us")
+# (keys, type, may be null, lowest value, lowest excluded)
+_NUMERIC = (
+    (_POSITIVE_INT, int, False, 1, False), (_NONNEG_INT, int, False, 0, False),
+    (_OPT_POSITIVE_INT, int, True, 1, False), (_POSITIVE_FLOAT, float, False, 0.0, True),
+    (_NONNEG_FLOAT, float, False, 0.0, False), (_OPT_POSITIVE_FLOAT, float, True, 0.0, True),
+)
 _BOOL = ("download", "bias", "event_first_saccade", "event_merge_polarity", "event_binary")
 
 
@@ -83,32 +89,14 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; allowed keys: {sorted(DEFAULTS)}")
     out = dict(cfg)
-    for k in _POSITIVE_INT:
-        out[k] = _num(k, out[k], int)
-        if out[k] < 1:
-            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be >= 1")
-    for k in _NONNEG_INT:
-        out[k] = _num(k, out[k], int)
-        if out[k] < 0:
-            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be >= 0")
-    for k in _OPT_POSITIVE_INT:
-        if out[k] is not None:
-            out[k] = _num(k, out[k], int)
-            if out[k] < 1:
-                raise ConfigError(f"config key {k!r}: {out[k]} must be >= 1 (or null)")
-    for k in _POSITIVE_FLOAT:
-        out[k] = _num(k, out[k], float)
-        if not out[k] > 0:
-            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be > 0")
-    for k in _NONNEG_FLOAT:
-        out[k] = _num(k, out[k], float)
-        if out[k] < 0:
-            raise ConfigError(f"config key {k!r}: {out[k]} is out of range; it must be >= 0")
-    for k in _OPT_POSITIVE_FLOAT:
-        if out[k] is not None:
-            out[k] = _num(k, out[k], float)
-            if not out[k] > 0:
-                raise ConfigError(f"config key {k!r}: {out[k]} must be > 0 (or null)")
+    for keys, kind, optional, lowest, strict in _NUMERIC:
+        for k in keys:
+            if optional and out[k] is None:
+                continue
+            out[k] = v = _num(k, out[k], kind)
+            if v < lowest or (strict and v == lowest):
+                bound = f"{'>' if strict else '>='} {lowest}" + (" (or null)" if optional else "")
+                raise ConfigError(f"config key {k!r}: {v} is out of range; it must be {bound}")
     for k in _BOOL:
         if not isinstance(out[k], bool):
             raise ConfigError(f"config key {k!r}: {out[k]!r} must be true or false")

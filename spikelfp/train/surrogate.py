@@ -20,40 +20,33 @@ import torch.nn.functional as Fn
 Tensor = torch.Tensor
 
 
-class _ATan(torch.autograd.Function):
+class _Heaviside(torch.autograd.Function):
+    """H(x) = 1 where x > 0 in the forward; ``derivative(x) * grad`` in the backward."""
+
     @staticmethod
-    def forward(ctx, x, alpha):
+    def forward(ctx, x, derivative):
         ctx.save_for_backward(x)
-        ctx.alpha = alpha
+        ctx.derivative = derivative
         return (x > 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return ctx.alpha / 2 / (1 + (math.pi / 2 * ctx.alpha * x) ** 2) * grad, None
+        return ctx.derivative(x) * grad, None
 
 
-class _FastSigmoid(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, slope):
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / (ctx.slope * x.abs() + 1.0) ** 2, None
+def _surrogate(derivative: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    return lambda x: _Heaviside.apply(x, derivative)
 
 
 def atan(alpha: float = 2.0) -> Callable[[Tensor], Tensor]:
     """Heaviside with snnTorch's arctan surrogate derivative."""
-    return lambda x: _ATan.apply(x, alpha)
+    return _surrogate(lambda x: alpha / 2 / (1 + (math.pi / 2 * alpha * x) ** 2))
 
 
 def fast_sigmoid(slope: float = 25.0) -> Callable[[Tensor], Tensor]:
     """Heaviside with snnTorch's fast-sigmoid surrogate derivative."""
-    return lambda x: _FastSigmoid.apply(x, slope)
+    return _surrogate(lambda x: 1.0 / (slope * x.abs() + 1.0) ** 2)
 
 
 def get_surrogate(name: str, slope: Optional[float] = None) -> Callable[[Tensor], Tensor]:
