@@ -25,6 +25,10 @@ CONFIGS = {"lfp": ROOT / "configs/mnist_mlp_lfp.yaml", "surrogate": ROOT / "conf
 
 def _one(job):
     trainer, steps, seed, args = job
+    if args["threads"]:
+        import torch
+
+        torch.set_num_threads(args["threads"])
     from spikelfp.train.config import load_yaml, resolve
     from spikelfp.train.loop import train
 
@@ -59,10 +63,12 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="training samples (quick runs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (CPU)")
     p.add_argument("--out", default="/tmp/spikelfp-accuracy-runs")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    shared = {"device": a.device, "data_root": a.data_root, "out": a.out, "epochs": a.epochs, "limit": a.limit}
+    shared = {"device": a.device, "data_root": a.data_root, "out": a.out, "epochs": a.epochs, "limit": a.limit,
+              "threads": a.threads}
     jobs = [(t, s, seed, shared) for t in a.trainers for s in a.steps for seed in a.seeds]
     t0 = time.time()
     if a.jobs > 1:
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
 
     machine = {"torch": torch.__version__, "device": a.device,
                "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-               "parallel_jobs": a.jobs, "total_seconds": time.time() - t0}
+               "parallel_jobs": a.jobs, "threads": a.threads, "total_seconds": time.time() - t0}
     print(f"\nMNIST 784-1000-10 LIF MLP, beta 0.9, constant input, {machine}\n")
     print("| trainer | T | epoch | test acc % (mean +- std over seeds) | s/epoch | hidden spike rate |")
     print("|---|---|---|---|---|---|")

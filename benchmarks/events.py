@@ -4,13 +4,14 @@
 Not run by CI. Usage (from the repository root)::
 
     python benchmarks/events.py                                   # the shared N-MNIST subset
-    python benchmarks/events.py --data-root DIR --epochs 5 --seeds 0 1 2 --json out.json
+    python benchmarks/events.py --data-root DIR --seeds 0 1 2 --json out.json
     python benchmarks/events.py --epochs 4 --limit 320 --lrs 0.001 0.01  # a few minutes on 2 cores
 
-Each (trainer, seed) is one ``spikelfp.train.loop.train`` run: the data set's train split for
-training (``val_fraction 0``), its test split for testing, the same LIF conv net
-(``convnet``, ``--channels``, ``--pool-input``), optimizer and epochs; only ``trainer`` differs
-(``lfp`` with the epsilon rule, or ``surrogate`` with atan and ``ce_count``). Frames are binned
+Each (trainer, seed) is one ``spikelfp.train.loop.train`` run of the preset
+``configs/nmnist_conv_lfp.yaml`` (or ``--config``): the data set's train split for training
+(``val_fraction 0``), its test split for testing, the same LIF conv net, optimizer, schedule and
+epochs; only ``trainer`` differs (``lfp`` with the epsilon rule, or ``surrogate`` with atan and
+``ce_count``). Flags given on the command line override the preset for both trainers. Frames are binned
 by ``spikelfp.data.events`` (``n_time_bins = --steps``, counts) and cached in memory, so the first
 epoch of every run includes reading and binning the events and the later ("cached") epochs do
 not. Seconds per epoch are the training part of the epoch (``epoch_seconds`` in metrics.csv,
@@ -37,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from spikelfp.train.config import load_yaml  # noqa: E402
 from spikelfp.train.loop import train  # noqa: E402
 
 
@@ -44,19 +46,24 @@ def _default_root() -> str:
     return str(REPO.parent / "shared" / "data" / "nmnist")
 
 
+PRESET = REPO / "configs" / "nmnist_conv_lfp.yaml"
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(PRESET), help="base config for both trainers")
     p.add_argument("--data-root", default=_default_root())
-    p.add_argument("--dataset", default="nmnist")
+    p.add_argument("--dataset", default=None)
     p.add_argument("--trainers", nargs="+", default=["lfp", "surrogate"], choices=["lfp", "surrogate"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--steps", type=int, default=15, help="time bins per sample (T)")
-    p.add_argument("--channels", type=int, nargs="+", default=[8])
-    p.add_argument("--hidden", type=int, nargs="*", default=[])
-    p.add_argument("--pool-input", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3],
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="time bins per sample (T)")
+    p.add_argument("--channels", type=int, nargs="+", default=None)
+    p.add_argument("--hidden", type=int, nargs="*", default=None)
+    p.add_argument("--pool-input", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--schedule", default=None, help="cosine, step, onecycle or none")
+    p.add_argument("--lrs", type=float, nargs="+", default=None,
                    help="Adam learning rates; every trainer runs with each (one table row each)")
     p.add_argument("--limit", type=int, default=None, help="training samples (default: all)")
     p.add_argument("--test-limit", type=int, default=None)
@@ -67,15 +74,22 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def base_config(args) -> dict:
+    """The preset with the command line's overrides; shared by both trainers."""
+    cfg = load_yaml(args.config)
+    flags = {"dataset": args.dataset, "epochs": args.epochs, "steps": args.steps,
+             "channels": args.channels, "hidden": args.hidden, "pool_input": args.pool_input,
+             "batch_size": args.batch_size, "schedule": args.schedule, "limit": args.limit,
+             "test_limit": args.test_limit}
+    cfg.update({k: v for k, v in flags.items() if v is not None})
+    cfg.update(data_root=args.data_root, val_fraction=0.0, device=args.device,
+               progress="off", log_updates_every=0)
+    return cfg
+
+
 def run_one(args, trainer: str, seed: int, lr: float, out: str):
-    cfg = {"dataset": args.dataset, "data_root": args.data_root, "val_fraction": 0.0,
-           "limit": args.limit, "test_limit": args.test_limit, "steps": args.steps,
-           "model": "convnet", "channels": args.channels, "hidden": args.hidden,
-           "pool_input": args.pool_input, "trainer": trainer, "rule": "epsilon",
-           "surrogate": "atan", "loss": "ce_count", "optimizer": "adam", "lr": lr,
-           "epochs": args.epochs, "batch_size": args.batch_size, "seed": seed,
-           "device": args.device, "out": out, "run_name": f"{trainer}-lr{lr:g}-seed{seed}",
-           "progress": "off", "log_updates_every": 0}
+    cfg = dict(base_config(args), trainer=trainer, rule="epsilon", surrogate="atan", loss="ce_count",
+               lr=lr, seed=seed, out=out, run_name=f"{trainer}-lr{lr:g}-seed{seed}")
     t0 = time.perf_counter()
     res = train(cfg, echo=lambda s: None)
     wall = time.perf_counter() - t0
@@ -101,20 +115,23 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or tempfile.mkdtemp(prefix="spikelfp-events-bench-")
+    base = base_config(args)
+    lrs = args.lrs or [base["lr"]]
     runs = []
     for seed in args.seeds:
-        for lr in args.lrs:
+        for lr in lrs:
             for trainer in args.trainers:    # interleaved so that machine load hits all alike
                 r = run_one(args, trainer, seed, lr, out)
                 print(f"{trainer:9s} lr {lr:g} seed {seed}: test acc per epoch {['%.3f' % a for a in r['test_acc']]}, "
                       f"s/epoch {['%.1f' % s for s in r['epoch_seconds']]}", flush=True)
                 runs.append(r)
-    summary = [summarize(runs, t, lr) for t in args.trainers for lr in args.lrs]
+    summary = [summarize(runs, t, lr) for t in args.trainers for lr in lrs]
     name = {"lfp": "LFP-epsilon", "surrogate": "surrogate BPTT (atan, ce_count)"}
     print()
-    print(f"{args.dataset}, convnet channels={args.channels} hidden={args.hidden} "
-          f"pool_input={args.pool_input}, T={args.steps} bins, {args.epochs} epochs, batch "
-          f"{args.batch_size}, Adam, seeds {args.seeds}, train limit {args.limit}, "
+    print(f"{base['dataset']}, {base['model']} channels={base['channels']} hidden={base['hidden']} "
+          f"pool_input={base['pool_input']}, T={base['steps']} bins, {base['epochs']} epochs, batch "
+          f"{base['batch_size']}, {base['optimizer']}, schedule {base['schedule']}, normalize "
+          f"{base['normalize']}, seeds {args.seeds}, train limit {base.get('limit')}, "
           f"{torch.get_num_threads()} torch threads on {args.device}")
     print()
     print("| trainer | lr | test acc (mean ± sd) | per seed | s/epoch, first (binning) | s/epoch, cached |")
@@ -127,7 +144,7 @@ def main(argv=None) -> int:
              "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
              "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
              "platform": platform.platform()}
-    result = {"settings": vars(args), "machine": facts, "summary": summary, "runs": runs}
+    result = {"settings": vars(args), "config": base, "machine": facts, "summary": summary, "runs": runs}
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.json}; run folders under {out}")
     return 0

@@ -51,6 +51,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--reset", help="subtract | zero")
     p.add_argument("--trainer", help="lfp | surrogate | finetune")
     p.add_argument("--rule", help="LFP rule: epsilon | zero | zplus_zminus | alphabeta | lfprop")
+    p.add_argument("--epsilon", type=float, help="stabilizer of the epsilon / z+z- rules (>= 0)")
     p.add_argument("--reward", help="sequence (Eq. A.16) | eq7 | plusminus")
     p.add_argument("--normalize", help="max-abs scope: step | layer | sample | off")
     p.add_argument("--clip-norm", dest="clip_norm", type=float, help="global-norm clipping of G")
@@ -75,7 +76,7 @@ def _train_parser(sub) -> None:
 
 _TRAIN_KEYS = ("dataset", "data_root", "download", "limit", "test_limit", "steps", "device",
                "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "trainer",
-               "rule", "reward", "normalize", "clip_norm", "agc", "surrogate", "loss",
+               "rule", "epsilon", "reward", "normalize", "clip_norm", "agc", "surrogate", "loss",
                "finetune_iters", "epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule",
                "val_fraction", "seed", "dtype", "out", "run_name", "progress", "cache_dir",
                "event_window_us", "event_denoise_us", "event_first_saccade", "event_merge_polarity",

@@ -42,6 +42,7 @@ def test_cli_train_then_eval_subprocess(tmp_path):
     (["--model", "resnet"], "model"),
     (["--dataset", "mnist", "--data-root", "/nonexistent"], "MNIST/raw"),
     (["--rule", "bogus"], "rule"),
+    (["--epsilon", "-1"], "epsilon"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):
     rc = main(["train", *args, "--out", str(tmp_path), "--epochs", "1", "--limit", "10"])
@@ -84,3 +85,13 @@ def test_shipped_configs_are_valid():
     assert any(p.name == "digits_quick.yaml" for p in configs)
     for p in configs:
         resolve(str(p))
+
+
+def test_every_train_flag_reaches_the_config():
+    """Each documented train flag is parsed and lands in the config under its key."""
+    from spikelfp.cli import _TRAIN_KEYS, build_parser
+    from spikelfp.train.config import DEFAULTS
+
+    args = build_parser().parse_args(["train", "--epsilon", "0.1", "--normalize", "layer", "--lr", "5e-4"])
+    assert (args.epsilon, args.normalize, args.lr) == (0.1, "layer", 5e-4)
+    assert set(_TRAIN_KEYS) <= set(DEFAULTS)
