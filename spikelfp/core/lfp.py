@@ -106,6 +106,13 @@ class LFP:
             if v is not None and not v > 0:
                 raise ValueError(f"{label}={v} is not allowed; it must be > 0 (or None to disable)")
         self.clip_norm, self.agc, self.agc_eps = clip_norm, agc, agc_eps
+        # The walk of the backward pass, top layer down to the lowest synaptic layer (layers
+        # below it need no feedback): fixed by the network, so derived once, not per batch.
+        children = list(network.named_children())
+        lowest = min((i for i, (_, m) in enumerate(children) if getattr(m, "kind", "") == "synaptic"),
+                     default=len(children))
+        self._walk = [(i, name, m, getattr(m, "kind", "") == "synaptic", i > lowest)
+                      for i, (name, m) in reversed(list(enumerate(children))) if i >= lowest]
 
     # ------------------------------------------------------------------ passes
     @torch.no_grad()
@@ -127,23 +134,17 @@ class LFP:
                              f"{tuple(out.shape)}")
         reward = reward.to(out.dtype)
         records = trace.records
-        names = [n for n, _ in self.network.named_children()]
-        # Layers below the lowest synaptic layer need no feedback.
-        lowest = min((i for i, (n, m) in enumerate(self.network.named_children())
-                      if getattr(m, "kind", "") == "synaptic"), default=len(names))
         grads: Dict[str, Tensor] = {}
         feedback: Dict[str, Tensor] = {}
         r = reward
-        for i in range(len(names) - 1, lowest - 1, -1):
-            name, layer = names[i], self.network[i]
+        for i, name, layer, synaptic, need_below in self._walk:
             if keep_feedback:
                 feedback[name] = r
             res = layer.feedback(
-                r, records[i], rule=self.rules.get(name), need_below=i > lowest,
+                r, records[i], rule=self.rules[name], need_below=need_below,
                 normalize=self.normalize, temporal=self.temporal,
                 batch_reduction=self.batch_reduction,
-            ) if getattr(layer, "kind", "") == "synaptic" else layer.feedback(
-                r, records[i], rule=None, need_below=i > lowest)
+            ) if synaptic else layer.feedback(r, records[i], rule=None, need_below=need_below)
             if res.grad_weight is not None:
                 grads[f"{name}.weight"] = res.grad_weight
             if res.grad_bias is not None:
@@ -163,7 +164,7 @@ class LFP:
     def apply(self, grads: Dict[str, Tensor]) -> None:
         """Clip (if configured) and write ``param.grad = -G`` for every parameter in ``grads``."""
         params = dict(self.network.named_parameters())
-        gs = {k: g for k, g in grads.items()}
+        gs = grads
         if self.agc is not None:
             gs = {k: adaptive_clip(g, params[k], self.agc, self.agc_eps) for k, g in gs.items()}
         if self.clip_norm is not None:
