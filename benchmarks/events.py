@@ -10,11 +10,11 @@ Not run by CI. Usage (from the repository root)::
 Each (trainer, seed) is one ``spikelfp.train.loop.train`` run of the preset
 ``configs/nmnist_conv_lfp.yaml`` (or ``--config``): the data set's train split for training
 (``val_fraction 0``), its test split for testing, the same LIF conv net, optimizer, schedule and
-epochs; only ``trainer`` differs (``lfp`` with the epsilon rule, or ``surrogate`` with atan and
-``ce_count``). Flags given on the command line override the preset for both trainers. Frames are binned
-by ``spikelfp.data.events`` (``n_time_bins = --steps``, counts) and cached in memory, so the first
-epoch of every run includes reading and binning the events and the later ("cached") epochs do
-not. Seconds per epoch are the training part of the epoch (``epoch_seconds`` in metrics.csv,
+epochs; only ``trainer`` differs (``lfp`` with the preset's rule, reward and epsilon, or
+``surrogate`` with its surrogate and loss keys). Flags given on the command line override the
+preset for both trainers. Frames are binned by ``spikelfp.data.events`` (``n_time_bins =
+--steps``, counts) and cached in memory, so the first epoch of every run includes reading and
+binning the events and the later ("cached") epochs do not. Seconds per epoch are the training part of the epoch (``epoch_seconds`` in metrics.csv,
 without evaluation).
 
 Prints a markdown table (test accuracy after the last epoch, mean +- sd over seeds, and seconds
@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spikelfp.train.config import load_yaml  # noqa: E402
+from spikelfp.train.config import load_yaml, resolve  # noqa: E402
 from spikelfp.train.loop import train  # noqa: E402
 
 
@@ -84,12 +84,12 @@ def base_config(args) -> dict:
     cfg.update({k: v for k, v in flags.items() if v is not None})
     cfg.update(data_root=args.data_root, val_fraction=0.0, device=args.device,
                progress="off", log_updates_every=0)
-    return cfg
+    return resolve(None, cfg)
 
 
 def run_one(args, trainer: str, seed: int, lr: float, out: str):
-    cfg = dict(base_config(args), trainer=trainer, rule="epsilon", surrogate="atan", loss="ce_count",
-               lr=lr, seed=seed, out=out, run_name=f"{trainer}-lr{lr:g}-seed{seed}")
+    cfg = dict(base_config(args), trainer=trainer, lr=lr, seed=seed, out=out,
+               run_name=f"{trainer}-lr{lr:g}-seed{seed}")
     t0 = time.perf_counter()
     res = train(cfg, echo=lambda s: None)
     wall = time.perf_counter() - t0
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
                       f"s/epoch {['%.1f' % s for s in r['epoch_seconds']]}", flush=True)
                 runs.append(r)
     summary = [summarize(runs, t, lr) for t in args.trainers for lr in lrs]
-    name = {"lfp": "LFP-epsilon", "surrogate": "surrogate BPTT (atan, ce_count)"}
+    name = {"lfp": f"LFP ({base['rule']}, epsilon {base['epsilon']:g})",
+            "surrogate": f"surrogate BPTT ({base['surrogate']}, {base['loss']})"}
     print()
     print(f"{base['dataset']}, {base['model']} channels={base['channels']} hidden={base['hidden']} "
           f"pool_input={base['pool_input']}, T={base['steps']} bins, {base['epochs']} epochs, batch "

@@ -126,7 +126,7 @@ class Trainer:
         self.lfp = None
         if self.kind in ("lfp", "finetune"):
             self.lfp = LFP(net, rule=cfg["rule"], reward=cfg["reward"],
-                           normalize=cfg["normalize"] if cfg["normalize"] is not None else None,
+                           normalize=cfg["normalize"],
                            temporal=cfg["temporal"], epsilon=cfg["epsilon"], alpha=cfg["ab_alpha"],
                            beta=cfg["ab_beta"], batch_reduction=cfg["batch_reduction"],
                            clip_norm=cfg["clip_norm"], agc=cfg["agc"])
