@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from spikelfp.train.checkpoint import load_checkpoint
+
 FORMATS = ("nir", "hdf5")
 
 
@@ -76,15 +78,9 @@ def _lookup(cfg: Dict[str, Any], *keys: str):
 
 
 def _load(checkpoint: str):
-    """(network, config, model_spec) from a checkpoint, via spikelfp.train.checkpoint."""
-    try:
-        from spikelfp.train.checkpoint import load_checkpoint, load_model
-    except ImportError as err:
-        raise ValueError(f"reading checkpoints needs spikelfp.train.checkpoint ({err})") from None
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    net, cfg = load_model(checkpoint, map_location="cpu")
-    spec = ckpt.get("model_spec", {}) if isinstance(ckpt, dict) else {}
-    return net, (cfg or {}), (spec or {})
+    """(network, config, model_spec) from a checkpoint (``spikelfp.load_checkpoint``)."""
+    ck = load_checkpoint(checkpoint, map_location="cpu")
+    return ck.network, ck.config, (ck.meta.get("model_spec") or {})
 
 
 def export_checkpoint(args) -> Dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ``spikelfp`` console script: ``train``, ``eval`` (and ``export``, ``report`` where installed).
+"""The ``spikelfp`` console script: ``train``, ``eval``, ``export`` and ``report``.
 
 Bad input (unknown config keys, values out of range, a missing data root, an unknown
 dataset/model/optimizer, CUDA asked for but absent) prints one line and exits with code 2,
@@ -8,12 +8,15 @@ before anything is written.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from typing import List, Optional
 
+from hardware_export.cli import add_export_parser, run_export
+
 from . import __version__
+from .diagnostics.cli import add_report_parser, run_report
+from .train.registry import get_trainer_spec, trainer_names, trainer_options
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -49,17 +52,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--beta", type=float, help="membrane decay in (0, 1]")
     p.add_argument("--threshold", type=float, help="firing threshold > 0")
     p.add_argument("--reset", help="subtract | zero")
-    p.add_argument("--trainer", help="lfp | surrogate | finetune")
-    p.add_argument("--rule", help="LFP rule: epsilon | zero | zplus_zminus | alphabeta | lfprop")
-    p.add_argument("--epsilon", type=float, help="stabilizer of the epsilon / z+z- rules (>= 0)")
-    p.add_argument("--reward", help="sequence (Eq. A.16) | eq7 | plusminus")
-    p.add_argument("--normalize", help="max-abs scope: step | layer | sample | off")
-    p.add_argument("--clip-norm", dest="clip_norm", type=float, help="global-norm clipping of G")
-    p.add_argument("--agc", type=float, help="adaptive gradient clipping factor")
-    p.add_argument("--surrogate", help="atan | fast_sigmoid (surrogate trainer)")
-    p.add_argument("--loss", help="ce_count | mse_count (surrogate trainer)")
-    p.add_argument("--finetune-iters", dest="finetune_iters", type=int,
-                   help="surrogate iterations before switching to LFP (finetune trainer)")
+    names = trainer_names()
+    p.add_argument("--trainer", help=" | ".join(names) + ": " + "; ".join(
+        f"{n}: {get_trainer_spec(n).help}" for n in names))
+    _add_trainer_flags(p)
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", help="sgd | adam | adamw")
@@ -74,13 +70,36 @@ def _train_parser(sub) -> None:
     p.add_argument("--progress", help="auto | on | off (progress bars)")
 
 
-_TRAIN_KEYS = ("dataset", "data_root", "download", "limit", "test_limit", "steps", "device",
-               "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "trainer",
-               "rule", "epsilon", "reward", "normalize", "clip_norm", "agc", "surrogate", "loss",
-               "finetune_iters", "epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule",
-               "val_fraction", "seed", "dtype", "out", "run_name", "progress", "cache_dir",
-               "event_window_us", "event_denoise_us", "event_first_saccade", "event_merge_polarity",
-               "event_downsample", "event_binary")
+def _add_trainer_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config key of the registered trainers (from their :class:`Option`)."""
+    owners = {}
+    for n in trainer_names():
+        for o in get_trainer_spec(n).options:
+            owners.setdefault(o.key, []).append(n)
+    for key, o in trainer_options().items():
+        kind = o.kind if o.kind in (int, float) else None
+        help_ = f"{o.help} [{', '.join(owners[key])}]"
+        if o.kind is bool:
+            p.add_argument(o.cli_flag(), dest=key, action=argparse.BooleanOptionalAction,
+                           default=None, help=help_)
+        else:
+            p.add_argument(o.cli_flag(), dest=key, type=kind, help=help_)
+
+
+_BASE_TRAIN_KEYS = ("dataset", "data_root", "download", "limit", "test_limit", "steps", "device",
+                    "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "trainer",
+                    "epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule",
+                    "val_fraction", "seed", "dtype", "out", "run_name", "progress", "cache_dir",
+                    "event_window_us", "event_denoise_us", "event_first_saccade", "event_merge_polarity",
+                    "event_downsample", "event_binary")
+
+
+def train_keys() -> tuple:
+    """Config keys the train command forwards: the base keys and every trainer's options."""
+    return _BASE_TRAIN_KEYS + tuple(k for k in trainer_options() if k not in _BASE_TRAIN_KEYS)
+
+
+_TRAIN_KEYS = train_keys()
 
 
 def _eval_parser(sub) -> None:
@@ -95,7 +114,7 @@ def cmd_train(args) -> int:
     from .train.config import load_yaml, resolve
     from .train.loop import train
 
-    overrides = {k: getattr(args, k) for k in _TRAIN_KEYS}
+    overrides = {k: getattr(args, k) for k in train_keys()}
     if args.resume:
         res = train(resume=args.resume, overrides=overrides)
     else:
@@ -109,11 +128,11 @@ def cmd_eval(args) -> int:
     import torch
 
     from .data.registry import build_data, make_loader
-    from .train.checkpoint import load_model
+    from .train.checkpoint import load_checkpoint
     from .train.config import resolve
     from .train.loop import evaluate, resolve_device
 
-    net, cfg = load_model(args.checkpoint)
+    net, cfg, _ = load_checkpoint(args.checkpoint)
     over = {k: getattr(args, k) for k in ("dataset", "data_root", "download", "limit", "test_limit",
                                           "steps", "device", "batch_size", "cache_dir")}
     cfg = resolve(None, {**cfg, **{k: v for k, v in over.items() if v is not None}})
@@ -136,12 +155,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-# Sub-commands that live in higher rooms: command -> (module, parser adder, handler).
-_PLUGINS = {
-    "export": ("hardware_export.cli", "add_export_parser", "run_export"),
-    "report": ("spikelfp.diagnostics.cli", "add_report_parser", "run_report"),
-}
-_HANDLERS = {"train": cmd_train, "eval": cmd_eval}
+_HANDLERS = {"train": cmd_train, "eval": cmd_eval, "export": run_export, "report": run_report}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,13 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _eval_parser(sub)
-    for command, (mod, adder, runner) in _PLUGINS.items():
-        try:
-            m = importlib.import_module(mod)
-            getattr(m, adder)(sub)
-            _HANDLERS[command] = getattr(m, runner)
-        except (ImportError, AttributeError):
-            pass
+    add_export_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

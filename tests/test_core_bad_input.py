@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import spikelfp.nn as snn
-from spikelfp.core import LFP, lif_scan
+from spikelfp import LFP
+from spikelfp.train.lfp import layer_feedback
+from spikelfp.core import lif_scan
 from spikelfp.core.feedback import synaptic_layer_feedback
 from spikelfp.core.rules import make_rule
 from spikelfp.core.synapse import LinearOps

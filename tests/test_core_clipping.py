@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import spikelfp.nn as snn
-from spikelfp.core import LFP, adaptive_clip, clip_global_norm
+from spikelfp import LFP
+from spikelfp.core import adaptive_clip, clip_global_norm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

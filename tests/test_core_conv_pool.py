@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as Fn
 
 import spikelfp.nn as snn
-from spikelfp.core import LFP
+from spikelfp import LFP
+from spikelfp.train.lfp import layer_feedback
 from spikelfp.core.rules import make_rule
 from spikelfp.nn.layers import LayerRecord
 
@@ -102,8 +103,8 @@ def test_conv_feedback_equals_dense_unfolding(rule, geometry, constant):
     r = torch.randn(T, B, *out_shape, generator=g, dtype=DT)
     opts = dict(normalize=None, batch_reduction="sum") if rule == "lfprop" else dict(normalize="step")
     rule_obj = make_rule(rule)
-    fc = conv.feedback(r, rec_c, rule=rule_obj, details=True, **opts)
-    fd = dense.feedback(r.flatten(-3), rec_d, rule=rule_obj, details=True, **opts)
+    fc = layer_feedback(conv, r, rec_c, rule=rule_obj, details=True, **opts)
+    fd = layer_feedback(dense, r.flatten(-3), rec_d, rule=rule_obj, details=True, **opts)
 
     _close(fc.feedback.flatten(-3), fd.feedback, "F")
     _close(fc.temporal.flatten(-3), fd.temporal, "c")
@@ -134,7 +135,7 @@ def test_maxpool_routes_feedback_to_the_selected_input():
     pool = snn.MaxPool2d(2)
     out, rec = pool.run(x)
     assert out.shape == (1, 1, 2, 2)
-    res = pool.feedback(r, rec)
+    res = layer_feedback(pool, r, rec)
     assert res.grad_weight is None and res.below.shape == (2, 1, 1, 4, 4)
     for t in range(2):
         expect = torch.zeros(4, 4, dtype=DT)
@@ -148,7 +149,7 @@ def test_maxpool_ties_route_to_exactly_one_input():
     r = torch.randn(3, 2, 2, 3, 3, dtype=DT)
     pool = snn.MaxPool2d(2)
     _, rec = pool.run(x)
-    below = pool.feedback(r, rec).below
+    below = layer_feedback(pool, r, rec).below
     windows = below.unfold(-2, 2, 2).unfold(-2, 2, 2).reshape(3, 2, 2, 3, 3, 4)
     xw = x.unfold(-2, 2, 2).unfold(-2, 2, 2).reshape(3, 2, 2, 3, 3, 4)
     active = xw.amax(-1) > 0
@@ -165,7 +166,7 @@ def test_avgpool_is_an_epsilon_linear_layer():
     r = torch.randn(2, 1, 2, 2, 2, generator=g, dtype=DT)
     pool = snn.AvgPool2d(2)
     out, rec = pool.run(x)
-    below = pool.feedback(r, rec).below
+    below = layer_feedback(pool, r, rec).below
     eps = 1e-6
     for t in range(2):
         for c in range(2):
@@ -189,8 +190,8 @@ def test_pool_with_constant_frame_input():
     r = torch.randn(3, 2, 1, 2, 2, dtype=DT)
     pool = snn.MaxPool2d(2)
     _, rec = pool.run(x)
-    below = pool.feedback(r, rec).below
-    seq_below = pool.feedback(r, LayerRecord(x.expand(3, *x.shape))).below
+    below = layer_feedback(pool, r, rec).below
+    seq_below = layer_feedback(pool, r, LayerRecord(x.expand(3, *x.shape))).below
     assert below.shape == (3, 2, 1, 4, 4) and torch.equal(below, seq_below)
 
 
@@ -200,7 +201,7 @@ def test_flatten_feedback_is_a_reshape():
     out, rec = flat.run(x)
     assert out.shape == (3, 2, 100)
     r = torch.randn(3, 2, 100, dtype=DT)
-    res = flat.feedback(r, rec)
+    res = layer_feedback(flat, r, rec)
     assert torch.equal(res.below, r.reshape(3, 2, 4, 5, 5))
     assert torch.equal(res.below.flatten(-3), r)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import spikelfp.nn as snn
-from spikelfp.core import LFP
+from spikelfp import LFP
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import spikelfp.nn as snn
-from spikelfp.core import LFP, predict
+from spikelfp import LFP
+from spikelfp.core import predict
 from spikelfp.core.rewards import eq7_reward, get_reward, plusminus_reward, sequence_reward
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import spikelfp.nn as snn
-from spikelfp.core import LFP
+from spikelfp import LFP
+from spikelfp.train.lfp import layer_feedback
 from spikelfp.core.feedback import synaptic_layer_feedback
 from spikelfp.core.rules import make_rule, maxabs_normalize
 from spikelfp.core.synapse import LinearOps
@@ -264,7 +265,7 @@ def test_lfp_object_normalize_scopes(scope):
     res = lfp.compute(x, y, steps=8)
     trace = res.trace
     # the engine's own per-layer pass with the same options gives the same G for the top layer
-    top = net[1].feedback(res.reward, trace.records[1], rule=make_rule("epsilon"), details=True,
+    top = layer_feedback(net[1], res.reward, trace.records[1], rule=make_rule("epsilon"), details=True,
                           normalize=scope)
     assert torch.allclose(top.grad_weight, res.grads["1.weight"], rtol=1e-12)
     F = top.feedback

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as Fn
 
 import spikelfp.nn as snn
-from spikelfp.core import LFP, eq7_reward
+from spikelfp import LFP
+from spikelfp.core import eq7_reward
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from spikelfp.core.lfp import LFP
+from spikelfp import LFP
 from spikelfp.diagnostics.updates import lfp_update_sparsity, read_updates, summarize_updates
 from spikelfp.nn import AvgPool2d, Flatten, LIFConv2d, LIFLinear, Sequential
 

@@ -36,10 +36,10 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
     cfg = dict(BASE, out=str(tmp_path))
     full = train(dict(cfg, run_name="full"), echo=lambda s: None)
 
-    from spikelfp.train import loop
+    from spikelfp.train.lfp import LFPTrainer
 
     calls = {"n": 0}
-    real_step = loop.Trainer.step
+    real_step = LFPTrainer.step
 
     def flaky_step(self, *a, **k):
         calls["n"] += 1
@@ -47,9 +47,9 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
-    monkeypatch.setattr(loop.Trainer, "step", flaky_step)
+    monkeypatch.setattr(LFPTrainer, "step", flaky_step)
     res = train(dict(cfg, run_name="cut"), echo=lambda s: None)
-    monkeypatch.setattr(loop.Trainer, "step", real_step)
+    monkeypatch.setattr(LFPTrainer, "step", real_step)
     assert res["interrupted"]
     ck = torch.load(res["run_dir"] / "last.pt", weights_only=False)
     assert (ck["epoch"], ck["batch"]) == (1, 1)

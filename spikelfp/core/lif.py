@@ -52,6 +52,13 @@ class LIFTrace(NamedTuple):
     membrane: Tensor
 
 
+class LIFState(NamedTuple):
+    """State after one step of :func:`lif_step`: membrane ``v_t`` and spikes ``s_t``, ``[B, ...]``."""
+
+    membrane: Tensor
+    spikes: Tensor
+
+
 def heaviside(x: Tensor) -> Tensor:
     """H(x) = 1 where x > 0 (strictly), else 0, in the dtype of ``x``."""
     return (x > 0).to(x.dtype)
@@ -120,6 +127,22 @@ def lif_scan(
         spikes.append(s)
         membranes.append(v)
     return LIFTrace(torch.stack(spikes), torch.stack(membranes))
+
+
+def lif_step(current: Tensor, state: Optional[LIFState], beta: Union[Tensor, Number],
+             threshold: Union[Tensor, Number], reset: str = "subtract") -> LIFState:
+    """One step of the LIF equations (Heaviside spike) from the previous state (``None`` at t = 1,
+    i.e. v_0 = 0, s_0 = 0). The arithmetic and its order are those of :func:`lif_scan`, so
+    stepping gives bit-identical spikes and membranes. Keeps nothing over time."""
+    beta = torch.as_tensor(beta, dtype=current.dtype, device=current.device)
+    threshold = torch.as_tensor(threshold, dtype=current.dtype, device=current.device)
+    if state is None:
+        v = current.clone()
+    elif reset == "subtract":
+        v = torch.mul(state.membrane, beta).add_(current).addcmul_(state.spikes, -threshold)
+    else:
+        v = torch.mul((1 - state.spikes) * state.membrane, beta).add_(current)
+    return LIFState(v, torch.gt(v, threshold).to(v.dtype))
 
 
 def _scan_into_buffers(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T: int,

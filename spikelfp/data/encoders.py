@@ -72,3 +72,14 @@ def get_encoder(name: str) -> Callable:
 def is_constant(name: str) -> bool:
     """True if the encoder returns one frame to be held for all steps."""
     return name == "constant"
+
+
+def encode_batch(x: Tensor, encoder: str, steps: int, sequence: bool,
+                 generator: Optional[torch.Generator] = None):
+    """A data batch -> ``(input, steps)`` for ``net.run``. Static images ``[B, ...]`` in [0, 1]
+    go through ``encoder``: a constant encoder gives one frame and ``steps=T``, others a sequence
+    ``[T, B, ...]`` and None. Sequence data ``[B, T, ...]`` is transposed to ``[T, B, ...]``."""
+    if sequence:
+        return x.transpose(0, 1), None
+    out = get_encoder(encoder)(x, steps, generator)
+    return (out, steps) if is_constant(encoder) else (out, None)

@@ -62,8 +62,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from . import registry
-from .registry import DataBundle, register_dataset
+
+from .registry import DataBundle, register_dataset, register_dataset_prefix, stratified_test_split
 from .static import DataError
 
 Tensor = torch.Tensor
@@ -967,7 +967,7 @@ def build_tonic_data(cfg: Dict[str, Any]) -> DataBundle:
             raise DataError(f"{name}: tonic.datasets.{cls_name} has no train/test split and no "
                             "targets list to split it by")
         y = torch.tensor(src.labels)
-        tr_idx, te_idx = registry._stratified_test_split(y, 0.2, seed=0)
+        tr_idx, te_idx = stratified_test_split(y, 0.2, seed=0)
         train_ds, test_ds = Subset(full, tr_idx.tolist()), Subset(full, te_idx.tolist())
         shape = full.frames.frame_shape
     else:
@@ -983,4 +983,4 @@ for _name in _SPECS:
     register_dataset(_name)(lambda cfg, _n=_name: build_event_data(_n, cfg))
 
 # ``tonic:<ClassName>`` for every tonic data set class, through the registry's prefix hook.
-registry.register_dataset_prefix("tonic:")(build_tonic_data)
+register_dataset_prefix("tonic:")(build_tonic_data)

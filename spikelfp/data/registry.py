@@ -54,20 +54,12 @@ def register_dataset_prefix(prefix: str):
 
 
 def dataset_names():
-    _load_optional()
     return sorted(_REGISTRY)
 
 
-def _load_optional() -> None:
-    try:  # event data sets register themselves when their module (and tonic) is available
-        from . import events  # noqa: F401
-    except ImportError:  # pragma: no cover - events.py guards its own optional imports
-        pass
-
-
 def build_data(cfg: dict) -> DataBundle:
-    """Build the data set named ``cfg["dataset"]`` with its splits."""
-    _load_optional()
+    """Build the data set named ``cfg["dataset"]`` with its splits (event sets register
+    themselves when :mod:`spikelfp.data` is imported)."""
     name = cfg["dataset"]
     if name in _REGISTRY:
         return _REGISTRY[name](cfg)
@@ -93,7 +85,7 @@ def split_train_val(x: Tensor, y: Tensor, val_fraction: float, limit: Optional[i
     return train, val
 
 
-def _stratified_test_split(y: Tensor, test_fraction: float, seed: int = 0):
+def stratified_test_split(y: Tensor, test_fraction: float, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     test_idx, train_idx = [], []
     for c in torch.unique(y):
@@ -108,7 +100,7 @@ def _stratified_test_split(y: Tensor, test_fraction: float, seed: int = 0):
 @register_dataset("digits")
 def _digits(cfg: dict) -> DataBundle:
     x, y = load_digits_arrays()
-    tr, te = _stratified_test_split(y, 0.25, seed=0)
+    tr, te = stratified_test_split(y, 0.25, seed=0)
     train, val = split_train_val(x[tr], y[tr], cfg.get("val_fraction", 0.0), cfg.get("limit"))
     return DataBundle(train, val, TensorDataset(x[te], y[te]), (1, 8, 8), 10)
 
@@ -131,10 +123,34 @@ register_dataset("mnist")(_idx_builder("mnist"))
 register_dataset("fashion_mnist")(_idx_builder("fashion_mnist"))
 
 
+class IndexedDataset(Dataset):
+    """Items of ``ds`` with their index appended: ``(*item, index)``."""
+
+    def __init__(self, ds: Dataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return (*self.ds[i], i)
+
+
+def with_index(ds: Dataset) -> Dataset:
+    """``ds`` whose items end with the sample's index in ``ds`` (a per-sample store's row)."""
+    if isinstance(ds, TensorDataset):
+        n = len(ds)
+        return TensorDataset(*ds.tensors, torch.arange(n, device=ds.tensors[0].device))
+    return IndexedDataset(ds)
+
+
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, generator: Optional[torch.Generator] = None,
-                num_workers: int = 0, collate_fn=None) -> DataLoader:
+                num_workers: int = 0, collate_fn=None, index: bool = False) -> DataLoader:
     """A DataLoader over ``ds``. Tensor data sets are indexed a whole batch at a time (no per-item
-    collation); others use the usual per-item collation (``collate_fn`` if given)."""
+    collation); others use the usual per-item collation (``collate_fn`` if given). With
+    ``index=True`` every batch ends with the samples' indices in ``ds`` (``[B]``, int64)."""
+    if index:
+        ds = with_index(ds)
     if isinstance(ds, TensorDataset):
         sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
         return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False),

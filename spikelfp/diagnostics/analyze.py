@@ -26,11 +26,12 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from ..core.readout import predict
+from ..data.encoders import encode_batch
 from ..data.registry import build_data, make_loader
-from ..nn.zoo import build_model
-from ..train.checkpoint import load_checkpoint
+from ..train.checkpoint import load_checkpoint, read_checkpoint
 from ..train.config import resolve
-from ..train.loop import Trainer, encode_batch, resolve_device
+from ..train.lfp import lfp_from_config
+from ..train.loop import resolve_device
 from .activity import ActivityAccumulator
 from .pruning import DEFAULT_FRACTIONS, max_prunable, pruning_curve
 from .updates import lfp_update_sparsity, read_updates, summarize_updates
@@ -70,7 +71,7 @@ class EvalSet:
         it = tqdm(self.batches, desc=desc, leave=False, disable=not progress)
         for i, (x, y) in enumerate(it):
             x, y = x.to(self.device), y.to(self.device)
-            inp, steps = encode_batch(x, self.cfg, self.sequence, _eval_generator(self.cfg["seed"], i))
+            inp, steps = encode_batch(x, self.cfg["encoder"], self.cfg["steps"], self.sequence, _eval_generator(self.cfg["seed"], i))
             yield inp, steps, y
 
     @torch.no_grad()
@@ -128,7 +129,7 @@ def _snapshots(run_dir: Path, steps_per_epoch: int) -> List[Dict[str, Any]]:
         if p.name == "init.pt":
             continue
         try:
-            ck = load_checkpoint(p)
+            ck = read_checkpoint(p)
         except (ValueError, FileNotFoundError):
             continue
         step = ck.get("global_step")
@@ -155,14 +156,12 @@ def analyze_run(run_dir, checkpoint: str = "best", limit: Optional[int] = None, 
     if limit is not None and limit < 1:
         raise ValueError(f"--limit {limit}: the number of evaluation samples must be >= 1")
     ck_path, notes = find_checkpoint(run_dir, checkpoint)
-    ckpt = load_checkpoint(ck_path)
+    net, stored_cfg, ckpt = load_checkpoint(ck_path)
     over = {"device": device, "data_root": data_root}
-    cfg = resolve(None, {**ckpt.get("config", {}), **{k: v for k, v in over.items() if v is not None}})
+    cfg = resolve(None, {**stored_cfg, **{k: v for k, v in over.items() if v is not None}})
     dev = resolve_device(cfg["device"])
-    net = build_model(ckpt["model_spec"])
-    net.load_state_dict(ckpt["model"])
-    dtype = next(iter(ckpt["model"].values())).dtype
-    net = net.to(device=dev, dtype=dtype).eval()
+    dtype = next(net.parameters()).dtype
+    net = net.to(device=dev).eval()
 
     data = build_data(cfg)
     ds = {"test": data.test, "val": data.val, "train": data.train}.get(split)
@@ -191,7 +190,7 @@ def analyze_run(run_dir, checkpoint: str = "best", limit: Optional[int] = None, 
     # LFP update sparsity on the first evaluation batch (no update is applied)
     lfp_check = None
     try:
-        lfp = Trainer(dict(cfg, trainer="lfp"), net).lfp
+        lfp = lfp_from_config(cfg, net)
         first = next(evset.encoded())
         bs = min(cfg["batch_size"], len(first[2]))
         x0 = first[0][:, :bs] if first[1] is None else first[0][:bs]
@@ -207,13 +206,13 @@ def analyze_run(run_dir, checkpoint: str = "best", limit: Optional[int] = None, 
         pruning = {"curve": curve, **max_prunable(curve, prune_tolerance)}
 
     # weights, sign changes
-    state = {k: v.detach().cpu() for k, v in ckpt["model"].items()}
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     wstats = weight_stats(state, tolerance)
     steps_per_epoch = math.ceil(len(data.train) / cfg["batch_size"]) if len(data.train) else 0
     init_path = run_dir / "init.pt"
     signs: Dict[str, Any] = {"available": False}
     if init_path.is_file():
-        init = weight_tensors(load_checkpoint(init_path)["model"])
+        init = weight_tensors(read_checkpoint(init_path)["model"])
         snaps = _snapshots(run_dir, steps_per_epoch)
         series = checkpoint_series(init, snaps)
         for row, snap in zip(series, snaps):
@@ -221,7 +220,7 @@ def analyze_run(run_dir, checkpoint: str = "best", limit: Optional[int] = None, 
             row["zero_fraction"] = float((w == 0).double().mean())
             row["near_zero_fraction"] = float((w.abs() < tolerance).double().mean())
             row["median_abs"] = float(w.abs().median())
-        final = sign_changes_between(load_checkpoint(init_path)["model"], state, include_bias=True)
+        final = sign_changes_between(read_checkpoint(init_path)["model"], state, include_bias=True)
         signs = {"available": True, "final_vs_init": final, "series": series,
                  "init_stats": weight_stats(init, tolerance)["all_weights"]}
     else:

@@ -1,9 +1,10 @@
 """Layers: thin ``torch.nn.Module`` wrappers over :mod:`spikelfp.core`.
 
-Every layer works on whole sequences. Its ``run(x)`` takes the input ``[T, B, ...]`` (or one
-constant frame ``[B, ...]`` with ``steps``), returns the output sequence and a record of what
-the LFP backward needs; its ``feedback(r, record, ...)`` propagates the feedback ``r`` arriving
-at its output and returns the parameter directions G and the feedback sent below.
+Layers only run forward; they know nothing about any trainer. Each works on whole sequences:
+``run(x)`` takes the input ``[T, B, ...]`` (or one constant frame ``[B, ...]`` with ``steps``) and
+returns the output sequence and a :class:`LayerRecord` (input, membrane, spikes) that trainers
+read. ``step(x_t, state)`` advances one time step (for trainers that keep no trace over T).
+A synaptic layer exposes its neuron parameters through :meth:`neuron_parameters`.
 
 Synaptic layers (:class:`LIFLinear`, :class:`LIFConv2d`, :class:`ReLULinear`) hold ``weight``
 and ``bias`` parameters shaped as in ``torch.nn.Linear`` / ``torch.nn.Conv2d``, and ``beta`` /
@@ -20,21 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as Fn
 
-from ..core.feedback import (
-    LayerFeedback,
-    avgpool_feedback,
-    flatten_feedback,
-    maxpool_feedback,
-    synaptic_layer_feedback,
-)
-from ..core.lif import RESETS, check_lif_parameters, lif_scan
+from ..core.lif import RESETS, LIFParameters, LIFState, check_lif_parameters, lif_scan, lif_step
 from ..core.synapse import Conv2dOps, LinearOps
 
 Tensor = torch.Tensor
 
 
 class LayerRecord(NamedTuple):
-    """What the forward keeps for the feedback pass of one layer.
+    """What the forward keeps of one layer (what trainers read).
 
     x: the layer's input, ``[T, B, *in]``, or one frame ``[B, *in]`` if constant over time.
     membrane, spikes: v_t and s_t ``[T, B, *out]`` (ReLU mode: pre-activation and activation;
@@ -69,6 +63,11 @@ class _Synaptic(nn.Module):
     def _neuron_param(self, p: Tensor) -> Tensor:
         return p
 
+    def neuron_parameters(self) -> LIFParameters:
+        """beta, threshold (shaped to broadcast over the neuron dims ``[*out]``) and reset."""
+        return LIFParameters(self._neuron_param(self.beta), self._neuron_param(self.threshold),
+                             self.reset)
+
     def current(self, x: Tensor) -> Tensor:
         """Synaptic current I = W x + b for a batch of frames (any leading dims)."""
         self._check_input(x)
@@ -78,7 +77,7 @@ class _Synaptic(nn.Module):
             spike_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, LayerRecord]:
         """Run the layer on ``x`` ([T, B, *in], or a constant frame [B, *in] with ``steps``)."""
         current = self.current(x)  # one matmul/convolution for all rows
-        beta, theta = self._neuron_param(self.beta), self._neuron_param(self.threshold)
+        beta, theta, _ = self.neuron_parameters()
         if not self.spiking:
             v = current if steps is None else current.unsqueeze(0).expand(steps, *current.shape)
             a = torch.relu(v) if self.relu else v
@@ -90,15 +89,18 @@ class _Synaptic(nn.Module):
         """Output spikes ``[T, B, *out]`` for an input sequence (or constant frame with ``steps``)."""
         return self.run(x, steps)[0]
 
-    def feedback(self, r: Tensor, record: LayerRecord, rule, need_below: bool = True,
-                 details: bool = False, **options) -> LayerFeedback:
-        """LFP through this layer: see :func:`spikelfp.core.feedback.synaptic_layer_feedback`."""
-        return synaptic_layer_feedback(
-            r, record.x, record.membrane, record.spikes, self.weight, self.bias, self.ops,
-            beta=self._neuron_param(self.beta), threshold=self._neuron_param(self.threshold),
-            reset=self.reset, spiking=self.spiking, rule=rule, need_below=need_below,
-            details=details, **options,
-        )
+    def step(self, x_t: Tensor, state: Optional[LIFState] = None,
+             current: Optional[Tensor] = None) -> Tuple[Tensor, LIFState]:
+        """One time step: input frame ``x_t`` ``[B, *in]`` (or its precomputed ``current``) and the
+        previous :class:`LIFState` (None at t = 0) -> (output ``[B, *out]``, new state). Same
+        arithmetic as :meth:`run`, so the outputs are bit-identical step by step."""
+        i_t = self.current(x_t) if current is None else current
+        if not self.spiking:
+            a = torch.relu(i_t) if self.relu else i_t
+            return a, LIFState(i_t, a)
+        beta, theta, reset = self.neuron_parameters()
+        st = lif_step(i_t, state, beta, theta, reset)
+        return st.spikes, st
 
     def extra_repr(self) -> str:
         def show(p):
@@ -223,6 +225,10 @@ class _Stateless(nn.Module):
     def run(self, x: Tensor, steps: Optional[int] = None, spike_fn=None):
         return self._apply_frames(x), LayerRecord(x)
 
+    def step(self, x_t: Tensor, state=None, current=None):
+        """One frame through the map; no state."""
+        return self._apply_frames(x_t), None
+
     def forward(self, x: Tensor, steps: Optional[int] = None) -> Tensor:
         return self.run(x, steps)[0]
 
@@ -241,10 +247,6 @@ class Flatten(_Stateless):
                              f"{self.frame_dims} frame dimensions after the batch")
         return x.flatten(start_dim=x.dim() - self.frame_dims)
 
-    def feedback(self, r: Tensor, record: LayerRecord, rule=None, need_below: bool = True,
-                 details: bool = False, **options) -> LayerFeedback:
-        below = flatten_feedback(r, record.x.shape[-self.frame_dims:]) if need_below else None
-        return LayerFeedback(None, None, below)
 
 
 class _Pool(_Stateless):
@@ -271,23 +273,14 @@ class AvgPool2d(_Pool):
     def _apply_frames(self, x: Tensor) -> Tensor:
         return self._rows(x, lambda v: Fn.avg_pool2d(v, self.kernel_size, self.stride, self.padding))
 
-    def feedback(self, r, record, rule=None, need_below=True, details=False, **options):
-        eps = rule.epsilon if rule is not None and rule.epsilon > 0 else 1e-6
-        below = (avgpool_feedback(r, record.x, self.kernel_size, self.stride, self.padding, eps)
-                 if need_below else None)
-        return LayerFeedback(None, None, below)
 
 
 class MaxPool2d(_Pool):
-    """Max pooling of each frame (on spikes); LFP routes feedback to the selected input."""
+    """Max pooling of each frame (on spikes)."""
 
     def _apply_frames(self, x: Tensor) -> Tensor:
         return self._rows(x, lambda v: Fn.max_pool2d(v, self.kernel_size, self.stride, self.padding))
 
-    def feedback(self, r, record, rule=None, need_below=True, details=False, **options):
-        below = (maxpool_feedback(r, record.x, self.kernel_size, self.stride, self.padding)
-                 if need_below else None)
-        return LayerFeedback(None, None, below)
 
 
 __all__ = [

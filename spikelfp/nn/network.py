@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, Iterator, List, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -37,21 +37,8 @@ class Sequential(nn.Sequential):
 
     def run(self, x: Tensor, steps: Optional[int] = None,
             spike_fn: Optional[Callable[[Tensor], Tensor]] = None) -> NetworkTrace:
-        """Forward pass keeping the records the LFP backward needs."""
-        if steps is not None:
-            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-                raise ValueError(f"steps={steps!r} is not allowed; steps (T) must be an integer >= 1")
-            if x.dim() < 2:
-                raise ValueError(f"input shape {tuple(x.shape)}: a constant frame must be [B, ...]")
-        elif x.dim() < 3:
-            raise ValueError(
-                f"input shape {tuple(x.shape)}: pass a sequence [T, B, ...], or one frame [B, ...] "
-                f"with steps=T"
-            )
-        elif x.shape[0] < 1:
-            raise ValueError("input has T=0 steps; T must be >= 1")
-        if len(self) == 0:
-            raise ValueError("Sequential: the network has no layers")
+        """Forward pass over the whole sequence keeping every layer's record ([T, B, ...])."""
+        _check_run_input(x, steps, len(self))
         records: List[LayerRecord] = []
         h = x
         const_steps = steps
@@ -68,6 +55,39 @@ class Sequential(nn.Sequential):
             h = h.unsqueeze(0).expand(const_steps, *h.shape)
         return NetworkTrace(h, records[-1].membrane, records)
 
+    def stream(self, x: Tensor, steps: Optional[int] = None) -> Iterator[List[LayerRecord]]:
+        """Step-by-step forward that keeps no trace: yields, for t = 1..T, one
+        :class:`LayerRecord` per layer holding that step's input ``[B, *in]``, membrane and spikes
+        ``[B, *out]`` (the values :meth:`run` records at t: bit-identical for a constant input; for a
+        sequence up to the rounding of one matmul over B rows instead of T*B). With a constant input
+        (``steps=T``) the layers up to the first synaptic one see one frame, whose current is
+        computed once; their records then carry that frame as ``x`` at every step."""
+        _check_run_input(x, steps, len(self))
+        T = steps if steps is not None else x.shape[0]
+        layers = list(self)
+        first = _first_synaptic(layers) if steps is not None else 0
+        const_current = None
+        const_inputs: List[Tensor] = []
+        if steps is not None:  # the constant prefix: computed once
+            h = x
+            for layer in layers[:first]:
+                const_inputs.append(h)
+                h = layer.step(h)[0]
+            const_inputs.append(h)
+            if first < len(layers):
+                const_current = layers[first].current(h)
+        states: List = [None] * len(layers)
+        for t in range(T):
+            h = const_inputs[first] if steps is not None else x[t]
+            recs: List[LayerRecord] = [LayerRecord(c) for c in const_inputs[:first]]
+            for i in range(first, len(layers)):
+                cur = const_current if (i == first and steps is not None) else None
+                out, states[i] = layers[i].step(h, states[i], current=cur)
+                st = states[i]
+                recs.append(LayerRecord(h, st.membrane, st.spikes) if st is not None else LayerRecord(h))
+                h = out
+            yield recs
+
     def forward(self, x: Tensor, steps: Optional[int] = None) -> Tensor:
         """Output spikes ``[T, B, C]``."""
         return self.run(x, steps).output
@@ -81,3 +101,24 @@ class Sequential(nn.Sequential):
     def synaptic_layers(self):
         """(index, layer) of every layer with parameters."""
         return [(i, m) for i, m in enumerate(self) if getattr(m, "kind", "") == "synaptic"]
+
+
+def _first_synaptic(layers) -> int:
+    return next((i for i, m in enumerate(layers) if getattr(m, "kind", "") == "synaptic"), len(layers))
+
+
+def _check_run_input(x: Tensor, steps: Optional[int], n_layers: int) -> None:
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps={steps!r} is not allowed; steps (T) must be an integer >= 1")
+        if x.dim() < 2:
+            raise ValueError(f"input shape {tuple(x.shape)}: a constant frame must be [B, ...]")
+    elif x.dim() < 3:
+        raise ValueError(
+            f"input shape {tuple(x.shape)}: pass a sequence [T, B, ...], or one frame [B, ...] "
+            f"with steps=T"
+        )
+    elif x.shape[0] < 1:
+        raise ValueError("input has T=0 steps; T must be >= 1")
+    if n_layers == 0:
+        raise ValueError("Sequential: the network has no layers")

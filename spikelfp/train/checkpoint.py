@@ -2,7 +2,7 @@
 
 A checkpoint is a ``torch.save`` dict with ``model`` (state dict), ``model_spec`` (what
 :func:`spikelfp.nn.zoo.build_model` needs), ``config`` (the resolved run config), and for
-resuming ``optimizer``, ``scheduler``, ``epoch`` (completed epochs), ``batch`` (batches done in
+resuming ``optimizer``, ``scheduler``, ``trainer_state`` (the trainer's ``state_dict``), ``epoch`` (completed epochs), ``batch`` (batches done in
 the current epoch; > 0 only after an interruption), ``global_step``, ``best``, ``rng``.
 """
 
@@ -12,7 +12,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -57,8 +57,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
-    """Read a checkpoint dict; a clear ``FileNotFoundError``/``ValueError`` if it is not one."""
+def read_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
+    """Read a checkpoint dict (file, or run folder: best.pt, else last.pt); a clear
+    ``FileNotFoundError``/``ValueError`` if it is not one."""
     p = Path(path)
     if p.is_dir():
         p = p / "best.pt" if (p / "best.pt").exists() else p / "last.pt"
@@ -73,13 +74,36 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     return ckpt
 
 
-def load_model(path, map_location="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """Rebuild the network stored in a checkpoint (file, or run folder: best.pt, else last.pt).
+class Checkpoint(NamedTuple):
+    """A checkpoint read back: the rebuilt ``network`` (in the stored dtype, on
+    ``map_location``), the run's ``config``, and ``meta``: everything else the file holds
+    (``model_spec``, ``epoch``, ``global_step``, ``trainer_state``, ...; ``path``: the file read)."""
 
-    Returns ``(network, config)``.
-    """
-    ckpt = load_checkpoint(path, map_location)
+    network: torch.nn.Module
+    config: Dict[str, Any]
+    meta: Dict[str, Any]
+
+
+def network_from_checkpoint(ckpt: Dict[str, Any]) -> torch.nn.Module:
+    """The network of a checkpoint dict (as :func:`read_checkpoint` returns it)."""
     net = build_model(ckpt["model_spec"])
     net.load_state_dict(ckpt["model"])
     dtype = next(iter(ckpt["model"].values())).dtype
-    return net.to(dtype=dtype), ckpt.get("config", {})
+    device = next(iter(ckpt["model"].values())).device
+    return net.to(device=device, dtype=dtype)
+
+
+def load_checkpoint(path, map_location="cpu") -> Checkpoint:
+    """Load a checkpoint (file, or run folder: best.pt, else last.pt) as network + config + meta.
+    ``spikelfp.load_checkpoint``; used by ``eval``, ``report`` and ``hardware_export``."""
+    ckpt = read_checkpoint(path, map_location)
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "config")}
+    p = Path(path)
+    meta["path"] = str(p / "best.pt" if (p / "best.pt").exists() else p / "last.pt") if p.is_dir() else str(p)
+    return Checkpoint(network_from_checkpoint(ckpt), dict(ckpt.get("config", {})), meta)
+
+
+def load_model(path, map_location="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """``(network, config)`` of a checkpoint (see :func:`load_checkpoint`)."""
+    ck = load_checkpoint(path, map_location)
+    return ck.network, ck.config

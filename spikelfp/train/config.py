@@ -1,24 +1,24 @@
 """Run configuration: defaults, YAML loading, validation.
 
-A config is a flat mapping of the keys in :data:`DEFAULTS` (the README lists them). Values
-come from the defaults, then a YAML file (``--config``), then command-line flags (flags win).
-Unknown keys and out-of-range values are rejected with one line naming the key.
+A config is a flat mapping of the keys in :data:`DEFAULTS` (the README lists them): the loop's
+own keys (:data:`BASE_DEFAULTS`) and the keys each registered trainer owns
+(:mod:`spikelfp.train.registry`). Values come from the defaults, then a YAML file
+(``--config``), then command-line flags (flags win). Unknown keys and out-of-range values are
+rejected with one line naming the key.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import yaml
 
+from .errors import ConfigError
+from .registry import set_base_keys, trainer_names, trainer_options
 
-class ConfigError(ValueError):
-    """A configuration key or value is not allowed; the message names it."""
-
-
-DEFAULTS: Dict[str, Any] = {
+BASE_DEFAULTS: Dict[str, Any] = {
     # data
     "dataset": "digits", "data_root": None, "download": False, "limit": None, "test_limit": None,
     "val_fraction": 0.1, "encoder": "constant", "steps": 25, "num_workers": 0,
@@ -28,12 +28,8 @@ DEFAULTS: Dict[str, Any] = {
     # model
     "model": "mlp", "hidden": [128], "channels": [16, 32], "pool_input": 1, "bias": True,
     "beta": 0.9, "threshold": 1.0, "reset": "subtract",
-    # trainer
-    "trainer": "lfp", "rule": "epsilon", "reward": "sequence", "normalize": "step",
-    "temporal": "relevance", "epsilon": 1e-6, "ab_alpha": 2.0, "ab_beta": 1.0,
-    "batch_reduction": None, "clip_norm": None, "agc": None,
-    "surrogate": "atan", "surrogate_slope": None, "loss": "ce_count",
-    "finetune_iters": 100,
+    # trainer (its own keys come from the registry)
+    "trainer": "lfp",
     # optimization
     "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
     "schedule": None, "step_size": 5, "gamma": 0.5,
@@ -42,17 +38,34 @@ DEFAULTS: Dict[str, Any] = {
     "device": "auto", "dtype": "float32", "out": "runs", "run_name": None, "progress": "auto",
     "log_updates_every": 50, "save_every": 0,
 }
+set_base_keys(BASE_DEFAULTS)
+
+
+class _Defaults(Mapping):
+    """The base defaults plus every registered trainer's options (read live, so a trainer
+    registered later is included)."""
+
+    def _merged(self) -> Dict[str, Any]:
+        out = dict(BASE_DEFAULTS)
+        out.update({k: o.default for k, o in trainer_options().items()})
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self._merged()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._merged())
+
+    def __len__(self) -> int:
+        return len(self._merged())
+
+
+DEFAULTS: Mapping[str, Any] = _Defaults()
 
 CHOICES = {
     "encoder": ("constant", "poisson", "latency", "delta"),
     "model": ("mlp", "lenet", "convnet"),
     "reset": ("subtract", "zero"),
-    "trainer": ("lfp", "surrogate", "finetune"),
-    "normalize": ("step", "layer", "sample", "off", None),
-    "temporal": ("relevance", "direction"),
-    "batch_reduction": ("mean", "sum", None),
-    "surrogate": ("atan", "fast_sigmoid"),
-    "loss": ("ce_count", "mse_count"),
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": (None, "none", "cosine", "step", "onecycle"),
     "device": ("auto", "cpu", "cuda"),
@@ -61,11 +74,11 @@ CHOICES = {
 }
 
 _POSITIVE_INT = ("steps", "epochs", "batch_size", "step_size", "event_downsample")
-_NONNEG_INT = ("num_workers", "finetune_iters", "log_updates_every", "seed", "save_every")
+_NONNEG_INT = ("num_workers", "log_updates_every", "seed", "save_every")
 _OPT_POSITIVE_INT = ("limit", "test_limit")
 _POSITIVE_FLOAT = ("lr", "threshold")
-_NONNEG_FLOAT = ("weight_decay", "momentum", "epsilon")
-_OPT_POSITIVE_FLOAT = ("clip_norm", "agc", "surrogate_slope", "event_window_us", "event_denoise_us")
+_NONNEG_FLOAT = ("weight_decay", "momentum")
+_OPT_POSITIVE_FLOAT = ("event_window_us", "event_denoise_us")
 # (keys, type, may be null, lowest value, lowest excluded)
 _NUMERIC = (
     (_POSITIVE_INT, int, False, 1, False), (_NONNEG_INT, int, False, 0, False),
@@ -113,8 +126,11 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
             raise ConfigError(f"config key {k!r}: {out[k]!r} is not allowed; use one of {shown}")
     if out["schedule"] == "none":
         out["schedule"] = None
-    if out["normalize"] == "off":
-        out["normalize"] = None
+    if out["trainer"] not in trainer_names():
+        raise ConfigError(f"config key 'trainer': {out['trainer']!r} is not allowed; "
+                          f"use one of {trainer_names()}")
+    for k, opt in trainer_options().items():
+        out[k] = opt.validate(out[k])
     for k in ("hidden", "channels"):
         v = out[k]
         if isinstance(v, int):
@@ -122,8 +138,6 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
         if not isinstance(v, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v):
             raise ConfigError(f"config key {k!r}: {v!r} must be a list of positive integers")
         out[k] = list(v)
-    if out["rule"] is not None and not isinstance(out["rule"], (str, dict)):
-        raise ConfigError("config key 'rule': use a rule name or a mapping layer/kind -> rule name")
     return out
 
 
@@ -145,7 +159,7 @@ def load_yaml(path) -> Dict[str, Any]:
 
 def resolve(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Defaults <- YAML file <- overrides (``None`` values in overrides are ignored)."""
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = copy.deepcopy(dict(DEFAULTS))
     if path:
         cfg.update(load_yaml(path))
     for k, v in (overrides or {}).items():

@@ -1,4 +1,8 @@
-"""Training and evaluation loops shared by every trainer (LFP, surrogate BPTT, fine-tune).
+"""Training and evaluation loops shared by every trainer (see :mod:`spikelfp.train.registry`).
+
+The loop knows no trainer by name: it builds the one the config names from the registry, calls
+``trainer.step(batch)`` (which leaves ``param.grad = -G``), then ``optimizer.step()``; the
+trainer's state is saved in every checkpoint and restored on resume.
 
 One run = one folder::
 
@@ -31,14 +35,15 @@ import yaml
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from ..core.lfp import LFP
 from ..core.readout import predict
-from ..data.encoders import get_encoder, is_constant
+from ..data.encoders import encode_batch as encode
 from ..data.registry import DataBundle, build_data, make_loader
 from ..nn.zoo import build_model
-from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import atomic_save, atomic_write_text, read_checkpoint, rng_state, set_rng_state
 from .config import ConfigError, model_spec, resolve
-from .surrogate import LOSSES, get_surrogate
+from .protocol import Batch, TrainContext
+from .registry import build_trainer
+from .stats import synaptic_records
 
 Tensor = torch.Tensor
 
@@ -104,86 +109,8 @@ def seed_everything(seed: int) -> None:
 
 
 def encode_batch(x: Tensor, cfg: Dict[str, Any], sequence: bool, generator=None):
-    """Static images [B, ...] in [0, 1] -> (input, steps) for ``net.run``. A constant encoder gives
-    one frame and ``steps=T``; others a sequence [T, B, ...]. Sequence data [B, T, ...] is
-    transposed to [T, B, ...]."""
-    if sequence:
-        return x.transpose(0, 1), None
-    enc = get_encoder(cfg["encoder"])
-    out = enc(x, cfg["steps"], generator)
-    return (out, cfg["steps"]) if is_constant(cfg["encoder"]) else (out, None)
-
-
-# ---------------------------------------------------------------------------- trainers
-
-class Trainer:
-    """One optimization step on a batch; LFP, surrogate BPTT, or surrogate-then-LFP."""
-
-    def __init__(self, cfg: Dict[str, Any], net: torch.nn.Module):
-        self.cfg = cfg
-        self.net = net
-        self.kind = cfg["trainer"]
-        self.lfp = None
-        if self.kind in ("lfp", "finetune"):
-            self.lfp = LFP(net, rule=cfg["rule"], reward=cfg["reward"],
-                           normalize=cfg["normalize"],
-                           temporal=cfg["temporal"], epsilon=cfg["epsilon"], alpha=cfg["ab_alpha"],
-                           beta=cfg["ab_beta"], batch_reduction=cfg["batch_reduction"],
-                           clip_norm=cfg["clip_norm"], agc=cfg["agc"])
-        self.spike_fn = get_surrogate(cfg["surrogate"], cfg["surrogate_slope"])
-        self.loss_fn = LOSSES[cfg["loss"]]
-
-    def uses_lfp(self, global_step: int) -> bool:
-        return self.kind == "lfp" or (self.kind == "finetune" and global_step >= self.cfg["finetune_iters"])
-
-    def step(self, x, steps, y, optimizer, global_step: int, want_stats: bool = False) -> Dict[str, Any]:
-        optimizer.zero_grad(set_to_none=True)
-        stats: Dict[str, Any] = {}
-        if self.uses_lfp(global_step):
-            res = self.lfp.compute(x, y, steps, keep_feedback=want_stats)
-            self.lfp.apply(res.grads)
-            out = {"reward": res.reward.sum(dim=(0, 2)).mean(),
-                   "correct": (res.prediction == y).sum(), "n": len(y),
-                   "rates": _rates(self.net, res.trace)}
-            if want_stats:
-                stats = update_statistics(self.net, res.grads, res.feedback)
-        else:
-            trace = self.net.run(x, steps, spike_fn=self.spike_fn)
-            loss = self.loss_fn(trace.output, y)
-            loss.backward()
-            with torch.no_grad():
-                pred = predict(trace.output, trace.membrane)
-            out = {"loss": loss.detach(), "correct": (pred == y).sum(), "n": len(y),
-                   "rates": _rates(self.net, trace)}
-            if want_stats:
-                stats = update_statistics(self.net, {k: -p.grad for k, p in self.net.named_parameters()
-                                                     if p.grad is not None}, None)
-        optimizer.step()
-        out["stats"] = stats
-        return out
-
-
-def _synaptic_records(net, trace):
-    return [rec for m, rec in zip(net, trace.records) if getattr(m, "kind", "") == "synaptic"]
-
-
-def _rates(net, trace) -> Tensor:
-    """Mean spike rate of each synaptic layer, as one tensor (no host sync)."""
-    return torch.stack([rec.spikes.detach().float().mean() for rec in _synaptic_records(net, trace)])
-
-
-def update_statistics(net, grads: Dict[str, Tensor], feedback: Optional[Dict[str, Tensor]]) -> Dict[str, Any]:
-    """Cheap per-parameter update statistics: fraction of exactly-zero updates, |G| quantiles,
-    and (LFP) the fraction of nonzero feedback reaching each layer's output."""
-    out: Dict[str, Any] = {}
-    for name, g in grads.items():
-        a = g.detach().abs().flatten().float()
-        q = torch.quantile(a[: 1_000_000], torch.tensor([0.5, 0.9, 0.99], device=a.device)).tolist()
-        out[name] = {"numel": a.numel(), "zero_fraction": (a == 0).float().mean().item(), "mean_abs": a.mean().item(),
-                     "median_abs": q[0], "p90_abs": q[1], "p99_abs": q[2], "max_abs": a.max().item()}
-    if feedback is not None:
-        out["feedback_nonzero_fraction"] = {k: (r != 0).float().mean().item() for k, r in feedback.items()}
-    return out
+    """:func:`spikelfp.data.encoders.encode_batch` with the run's encoder and T."""
+    return encode(x, cfg["encoder"], cfg["steps"], sequence, generator)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -205,7 +132,7 @@ def evaluate(net, loader: Iterable, cfg: Dict[str, Any], sequence: bool, device,
         trace = net.run(inp, steps)
         correct = correct + (predict(trace.output, trace.membrane) == y).sum()
         n += len(y)
-        recs = _synaptic_records(net, trace)
+        recs = synaptic_records(net, trace)
         sums = torch.stack([rec.spikes.double().sum() for rec in recs])
         sizes = [rec.spikes[0, 0].numel() * rec.spikes.shape[0] for rec in recs]
         spike_sum = sums if spike_sum is None else spike_sum + sums
@@ -256,6 +183,75 @@ def _append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
         w.writerow(flat)
 
 
+def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip, pos,
+                 steps_per_epoch, total_epochs, device, dtype, progress):
+    """One epoch of ``trainer`` steps (skipping the first ``skip`` batches of a resumed epoch);
+    returns the epoch's sums. ``pos`` (``global_step``, ``done``: batches done in this epoch) is
+    updated in place after every step, so an interrupt knows where the run stopped.
+    ``scheduler``: stepped per batch (None if it steps per epoch)."""
+    loader = make_loader(data.train, cfg["batch_size"], True, generator=_gen(cfg["seed"], epoch),
+                         num_workers=cfg["num_workers"], index=True)
+    sums: Dict[str, Any] = {"correct": 0, "n": 0, "batches": 0, "objective": {}, "extras": {},
+                            "rates": None}
+    pos["done"] = skip
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", leave=False,
+               disable=not progress, total=steps_per_epoch, initial=skip)
+    for batch_i, (x, y, idx) in enumerate(bar):
+        if batch_i < skip:
+            continue
+        x, y = x.to(device=device, dtype=dtype), y.to(device)
+        inp, steps = encode_batch(x, cfg, data.sequence, _gen(cfg["seed"], epoch, batch_i))
+        step = pos["global_step"]
+        want = cfg["log_updates_every"] > 0 and step % cfg["log_updates_every"] == 0
+        optimizer.zero_grad(set_to_none=True)
+        out = trainer.step(Batch(inp, y, idx.to(device), steps, epoch, step), want_stats=want)
+        optimizer.step()
+        pos["global_step"], pos["done"] = step + 1, batch_i + 1
+        if scheduler is not None:
+            scheduler.step()
+        if want and out.stats:
+            with open(run_dir / "updates.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "epoch": epoch, **out.stats}) + "\n")
+        _accumulate(sums, out, y)
+        if progress and batch_i % 10 == 0:  # a host sync: only for the progress bar
+            bar.set_postfix(acc=f"{float(sums['correct']) / max(sums['n'], 1):.3f}")
+    return sums
+
+
+def _accumulate(sums: Dict[str, Any], out, labels: Tensor) -> None:
+    """Add one StepResult to the epoch's sums (tensors: no host sync)."""
+    sums["correct"] = sums["correct"] + (out.prediction == labels).sum()
+    sums["n"] += len(labels)
+    sums["batches"] += 1
+    tot, cnt = sums["objective"].get(out.objective_name, (0.0, 0))
+    sums["objective"][out.objective_name] = (tot + out.objective, cnt + 1)
+    for k, v in (out.extras or {}).items():
+        tot, cnt = sums["extras"].get(k, (0.0, 0))
+        sums["extras"][k] = (tot + v, cnt + 1)
+    sums["rates"] = out.rates if sums["rates"] is None else sums["rates"] + out.rates
+
+
+def _epoch_summary(sums: Dict[str, Any]) -> Dict[str, Any]:
+    """The training part of a metrics row: accuracy, the objective(s), extras, spike rates."""
+    row: Dict[str, Any] = {"train_acc": float(sums["correct"]) / max(sums["n"], 1)}
+    for k, (tot, cnt) in {**sums["objective"], **sums["extras"]}.items():
+        row[k] = float(tot) / cnt
+    rates = sums["rates"]
+    row["train_spike_rate"] = [r / max(sums["batches"], 1) for r in (rates.tolist() if rates is not None else [])]
+    return row
+
+
+def _epoch_line(row: Dict[str, Any], total_epochs: int, train_time: float) -> str:
+    skip = {"epoch", "train_acc", "val_acc", "test_acc", "spike_rate", "train_spike_rate", "lr",
+            "epoch_seconds", "wall_seconds"}
+    metric = "  ".join(f"{k.replace('mean_', '')} {v:.4f}" for k, v in row.items()
+                       if k not in skip and isinstance(v, float))
+    rates_s = " ".join(f"{r:.3f}" for r in row["spike_rate"])
+    val_s = f" val {row['val_acc']:.4f}" if "val_acc" in row else ""
+    return (f"epoch {row['epoch']:3d}/{total_epochs}  {metric}  train {row['train_acc']:.4f}{val_s}  "
+            f"test {row['test_acc']:.4f}  spike rates [{rates_s}]  {train_time:.1f}s")
+
+
 class RunResult(dict):
     """Summary of a finished (or interrupted) run: run_dir, interrupted, last metrics row."""
 
@@ -272,7 +268,7 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
         run_dir = Path(resume)
         if not (run_dir / "last.pt").is_file():
             raise ConfigError(f"--resume {str(run_dir)!r}: no last.pt in that folder")
-        ckpt = load_checkpoint(run_dir / "last.pt")
+        ckpt = read_checkpoint(run_dir / "last.pt")
         cfg = dict(ckpt["config"])
         cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
         cfg = resolve(None, cfg)
@@ -286,11 +282,14 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
     seed_everything(cfg["seed"])
     spec = model_spec(cfg, data.input_shape, data.num_classes)
     net = build_model(spec).to(device=device, dtype=dtype)
-    trainer = Trainer(cfg, net)
+    context = TrainContext(len(data.train), data.num_classes, tuple(data.input_shape), data.sequence,
+                           device, dtype)
+    trainer = build_trainer(cfg, net, context)
+    total_epochs = trainer.total_epochs()
     optimizer = make_optimizer(cfg, net.parameters())
     bs = cfg["batch_size"]
     steps_per_epoch = math.ceil(len(data.train) / bs)
-    scheduler, per_batch = make_scheduler(cfg, optimizer, steps_per_epoch)
+    scheduler, per_batch = make_scheduler(dict(cfg, epochs=total_epochs), optimizer, steps_per_epoch)
 
     start_epoch, start_batch, global_step, best = 0, 0, 0, -1.0
     if ckpt is not None:
@@ -298,6 +297,7 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
+        trainer.load_state_dict(ckpt.get("trainer_state") or {})
         start_epoch, start_batch = ckpt["epoch"], ckpt.get("batch", 0)
         global_step, best = ckpt["global_step"], ckpt.get("best", -1.0)
         set_rng_state(ckpt["rng"])
@@ -318,62 +318,27 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
         atomic_save({"model": net.state_dict(), "model_spec": spec, "config": cfg,
                      "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                     "epoch": epoch_done, "batch": batch_done, "global_step": global_step,
+                     "trainer_state": trainer.state_dict(), "epoch": epoch_done, "batch": batch_done,
+                     "global_step": pos["global_step"],
                      "best": best, "rng": rng_state()}, run_dir / name)
 
     row: Dict[str, Any] = {}
     epoch = start_epoch
-    done = start_batch  # batches completed in the current epoch
+    pos = {"global_step": global_step, "done": start_batch}  # where the run is
     try:
-        for epoch in range(start_epoch, cfg["epochs"]):
+        for epoch in range(start_epoch, total_epochs):
             t0 = time.perf_counter()
             net.train()
-            loader = make_loader(data.train, bs, True, generator=_gen(cfg["seed"], epoch),
-                                 num_workers=cfg["num_workers"])
-            sums = {"loss": 0.0, "reward": 0.0, "correct": 0, "n": 0, "batches": 0, "lfp_batches": 0}
-            rates = None
+            trainer.begin_epoch(epoch)
             skip = start_batch if epoch == start_epoch else 0
-            done = skip
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
-                       disable=not progress, total=steps_per_epoch, initial=skip)
-            for batch_i, (x, y) in enumerate(bar):
-                if batch_i < skip:
-                    continue
-                x, y = x.to(device=device, dtype=dtype), y.to(device)
-                inp, steps = encode_batch(x, cfg, data.sequence, _gen(cfg["seed"], epoch, batch_i))
-                want = cfg["log_updates_every"] > 0 and global_step % cfg["log_updates_every"] == 0
-                out = trainer.step(inp, steps, y, optimizer, global_step, want_stats=want)
-                global_step += 1
-                done = batch_i + 1
-                if scheduler is not None and per_batch:
-                    scheduler.step()
-                if want and out["stats"]:
-                    with open(run_dir / "updates.jsonl", "a") as f:
-                        f.write(json.dumps({"step": global_step - 1, "epoch": epoch,
-                                            "trainer": "lfp" if "reward" in out else "surrogate",
-                                            **out["stats"]}) + "\n")
-                sums["correct"] = sums["correct"] + out["correct"]
-                sums["n"] += out["n"]
-                sums["batches"] += 1
-                if "reward" in out:
-                    sums["reward"] = sums["reward"] + out["reward"]
-                    sums["lfp_batches"] += 1
-                else:
-                    sums["loss"] = sums["loss"] + out["loss"]
-                rates = out["rates"] if rates is None else rates + out["rates"]
-                if progress and batch_i % 10 == 0:  # a host sync: only for the progress bar
-                    bar.set_postfix(acc=f"{float(sums['correct']) / max(sums['n'], 1):.3f}")
+            sums = _train_epoch(
+                trainer, optimizer, scheduler if per_batch else None, data, cfg, run_dir, epoch,
+                skip, pos, steps_per_epoch, total_epochs, device, dtype, progress)
             if scheduler is not None and not per_batch:
                 scheduler.step()
             train_time = time.perf_counter() - t0
             net.eval()
-            row = {"epoch": epoch + 1, "train_acc": float(sums["correct"]) / max(sums["n"], 1)}
-            nb, nl = sums["batches"], sums["lfp_batches"]
-            if nl:
-                row["mean_reward"] = float(sums["reward"]) / nl
-            if nb - nl:
-                row["loss"] = float(sums["loss"]) / (nb - nl)
-            row["train_spike_rate"] = [r / max(nb, 1) for r in (rates.tolist() if rates is not None else [])]
+            row = {"epoch": epoch + 1, **_epoch_summary(sums)}
             if val_loader is not None:
                 ev = evaluate(net, val_loader, cfg, data.sequence, device, dtype, progress, "val")
                 row["val_acc"] = ev["acc"]
@@ -392,14 +357,10 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
                 checkpoint(epoch + 1, 0, "best.pt")
             if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0:
                 checkpoint(epoch + 1, 0, f"epoch_{epoch + 1:03d}.pt")
-            rates_s = " ".join(f"{r:.3f}" for r in row["spike_rate"])
-            metric = f"reward {row['mean_reward']:.4f}" if "mean_reward" in row else f"loss {row['loss']:.4f}"
-            val_s = f" val {row['val_acc']:.4f}" if "val_acc" in row else ""
-            echo(f"epoch {epoch + 1:3d}/{cfg['epochs']}  {metric}  train {row['train_acc']:.4f}{val_s}  "
-                 f"test {row['test_acc']:.4f}  spike rates [{rates_s}]  {train_time:.1f}s")
+            echo(_epoch_line(row, total_epochs, train_time))
     except KeyboardInterrupt:
-        checkpoint(epoch, done)
-        echo(f"interrupted in epoch {epoch + 1} after {done} batches; saved {run_dir / 'last.pt'}; "
+        checkpoint(epoch, pos["done"])
+        echo(f"interrupted in epoch {epoch + 1} after {pos['done']} batches; saved {run_dir / 'last.pt'}; "
              f"continue with: spikelfp train --resume {run_dir}")
         return RunResult(run_dir=run_dir, interrupted=True, metrics=row, config=cfg)
     echo(f"done: {run_dir} (best {select} {best:.4f}; checkpoints last.pt, best.pt)")

@@ -1,4 +1,5 @@
-"""Surrogate-gradient baseline: the Heaviside forward with a smooth derivative in the backward.
+"""Surrogate-gradient BPTT baseline (the ``surrogate`` trainer): the Heaviside forward with a
+smooth derivative in the backward, trained by autograd through time.
 
 Definitions as in snnTorch (``snntorch.surrogate``):
 
@@ -12,10 +13,15 @@ same weights and input); resets use the detached spike, as snnTorch does.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as Fn
+
+from ..core.readout import predict
+from .protocol import Batch, StepResult, TrainContext, Trainer
+from .registry import Option, TrainerSpec, register_trainer
+from .stats import current_directions, spike_rates, update_statistics
 
 Tensor = torch.Tensor
 
@@ -73,3 +79,38 @@ def mse_count_loss(spikes: Tensor, labels: Tensor, correct_rate: float = 0.8,
 
 
 LOSSES = {"ce_count": ce_count_loss, "mse_count": mse_count_loss}
+
+
+OPTIONS = (
+    Option("surrogate", "atan", "surrogate derivative: atan | fast_sigmoid",
+           choices=("atan", "fast_sigmoid")),
+    Option("surrogate_slope", None, "surrogate slope (atan alpha 2, fast_sigmoid 25 by default)",
+           kind=float, minimum=0.0, strict=True, nullable=True),
+    Option("loss", "ce_count", "surrogate loss on spike counts: " + " | ".join(LOSSES),
+           choices=tuple(LOSSES)),
+)
+
+
+class SurrogateTrainer(Trainer):
+    """Backpropagation through time with a surrogate spike derivative (the baseline)."""
+
+    name = "surrogate"
+
+    def __init__(self, cfg: Dict[str, Any], net: torch.nn.Module, context: TrainContext):
+        super().__init__(cfg, net, context)
+        self.spike_fn = get_surrogate(cfg["surrogate"], cfg["surrogate_slope"])
+        self.loss_fn = LOSSES[cfg["loss"]]
+
+    def step(self, batch: Batch, want_stats: bool = False) -> StepResult:
+        trace = self.net.run(batch.x, batch.steps, spike_fn=self.spike_fn)
+        loss = self.loss_fn(trace.output, batch.labels)
+        loss.backward()
+        with torch.no_grad():
+            pred = predict(trace.output, trace.membrane)
+        stats = ({"trainer": self.name, **update_statistics(self.net, current_directions(self.net), None)}
+                 if want_stats else None)
+        return StepResult(loss.detach(), "loss", pred, spike_rates(self.net, trace), stats)
+
+
+register_trainer(TrainerSpec("surrogate", SurrogateTrainer,
+                             "surrogate-gradient BPTT baseline (autograd through time)", OPTIONS))

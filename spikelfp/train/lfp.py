@@ -1,0 +1,364 @@
+"""Layer-wise Feedback Propagation (LFP): the ``lfp`` trainer.
+
+:class:`LFP` runs LFP over a whole network (also usable on its own, as below); the per-layer
+backward lives here too, as pure functions of :mod:`spikelfp.core.feedback` selected by layer
+type through one table (:data:`FEEDBACK`, extended with :func:`register_feedback`), so layers
+themselves only run forward. :class:`LFPTrainer` is the registered trainer.
+
+Usage::
+
+    net = spikelfp.nn.Sequential(spikelfp.nn.Flatten(), spikelfp.nn.LIFLinear(64, 32),
+                                 spikelfp.nn.LIFLinear(32, 10))
+    lfp = LFP(net, rule="epsilon", reward="sequence")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for x, y in loader:
+        opt.zero_grad()
+        result = lfp.step(x, y, steps=25)   # forward + feedback; writes param.grad = -G
+        opt.step()
+
+No autograd is used anywhere: the forward runs under ``torch.no_grad`` with the Heaviside
+spike, and every layer's feedback is a closed form (:mod:`spikelfp.core.feedback`). The
+network only needs ``run(x, steps)`` returning a trace with ``output``, ``membrane`` and
+``records``, and layers whose type has an entry in :data:`FEEDBACK`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ..core.clipping import adaptive_clip, clip_global_norm
+from ..core.feedback import (
+    LayerFeedback,
+    avgpool_feedback,
+    flatten_feedback,
+    maxpool_feedback,
+    synaptic_layer_feedback,
+)
+from ..core.readout import predict
+from ..core.rewards import REWARDS, get_reward
+from ..core.rules import (
+    RULES,
+    TEMPORAL_MODES,
+    Rule,
+    RuleSpec,
+    check_norm_scope,
+    layer_kinds,
+    resolve_rule,
+)
+from ..nn.layers import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d
+from .errors import ConfigError
+from .protocol import Batch, StepResult, TrainContext, Trainer
+from .registry import Option, TrainerSpec, register_trainer
+from .stats import spike_rates, update_statistics
+
+Tensor = torch.Tensor
+
+
+# ----------------------------------------------------------------------------- per-layer table
+
+class FeedbackEntry(NamedTuple):
+    """How LFP passes feedback through one layer type: ``fn(layer, r, record, rule, need_below,
+    details, **options) -> LayerFeedback``; ``synaptic``: the layer has parameters (a rule)."""
+
+    fn: Callable[..., LayerFeedback]
+    synaptic: bool
+
+
+def _synaptic_feedback(layer, r, record, rule, need_below=True, details=False, **options):
+    p = layer.neuron_parameters()
+    return synaptic_layer_feedback(
+        r, record.x, record.membrane, record.spikes, layer.weight, layer.bias, layer.ops,
+        beta=p.beta, threshold=p.threshold, reset=p.reset, spiking=layer.spiking, rule=rule,
+        need_below=need_below, details=details, **options,
+    )
+
+
+def _flatten_feedback(layer, r, record, rule=None, need_below=True, details=False, **options):
+    below = flatten_feedback(r, record.x.shape[-layer.frame_dims:]) if need_below else None
+    return LayerFeedback(None, None, below)
+
+
+def _avgpool_feedback(layer, r, record, rule=None, need_below=True, details=False, **options):
+    eps = rule.epsilon if rule is not None and rule.epsilon > 0 else 1e-6
+    below = (avgpool_feedback(r, record.x, layer.kernel_size, layer.stride, layer.padding, eps)
+             if need_below else None)
+    return LayerFeedback(None, None, below)
+
+
+def _maxpool_feedback(layer, r, record, rule=None, need_below=True, details=False, **options):
+    below = (maxpool_feedback(r, record.x, layer.kernel_size, layer.stride, layer.padding)
+             if need_below else None)
+    return LayerFeedback(None, None, below)
+
+
+#: Layer type -> its LFP feedback (subclasses use their base class's entry).
+FEEDBACK: Dict[type, FeedbackEntry] = {
+    LIFLinear: FeedbackEntry(_synaptic_feedback, True),   # and ReLULinear, its subclass
+    LIFConv2d: FeedbackEntry(_synaptic_feedback, True),
+    Flatten: FeedbackEntry(_flatten_feedback, False),
+    AvgPool2d: FeedbackEntry(_avgpool_feedback, False),
+    MaxPool2d: FeedbackEntry(_maxpool_feedback, False),
+}
+
+
+def register_feedback(layer_type: type, fn: Callable[..., LayerFeedback], synaptic: bool) -> None:
+    """Teach LFP a new layer type (see :class:`FeedbackEntry` for ``fn``'s signature)."""
+    FEEDBACK[layer_type] = FeedbackEntry(fn, synaptic)
+
+
+def feedback_entry(layer: nn.Module) -> Optional[FeedbackEntry]:
+    """The table entry of ``layer``'s type (or of its nearest base class), None if LFP has none."""
+    for cls in type(layer).__mro__:
+        if cls in FEEDBACK:
+            return FEEDBACK[cls]
+    return None
+
+
+def layer_feedback(layer: nn.Module, r: Tensor, record, rule: Optional[Rule] = None,
+                   need_below: bool = True, details: bool = False, **options) -> LayerFeedback:
+    """LFP through one layer: the feedback ``r`` arriving at its output ``[T, B, *out]`` and its
+    forward ``record`` -> G of its parameters and the feedback sent below
+    (:func:`spikelfp.core.feedback.synaptic_layer_feedback` for synaptic layers)."""
+    entry = feedback_entry(layer)
+    if entry is None:
+        raise ValueError(f"LFP: no feedback rule for layer type {type(layer).__name__}; "
+                         f"add one with register_feedback")
+    return entry.fn(layer, r, record, rule, need_below=need_below, details=details, **options)
+
+
+class LFPResult(NamedTuple):
+    """Outcome of one LFP pass.
+
+    output: output layer activity ``[T, B, C]``; reward: the reward given to it;
+    prediction: predicted classes ``[B]``; grads: ``{parameter name: G}`` (direction of
+    improvement, before clipping); trace: the forward trace; feedback: the feedback arriving at
+    each layer's output (``{layer name: r}``), only when asked for.
+    """
+
+    output: Tensor
+    reward: Tensor
+    prediction: Tensor
+    grads: Dict[str, Tensor]
+    trace: object
+    feedback: Optional[Dict[str, Tensor]] = None
+
+
+class LFP:
+    """Layer-wise Feedback Propagation for a spikelfp network.
+
+    Args:
+        network: a :class:`spikelfp.nn.Sequential` (or anything with the same ``run`` contract).
+        rule: one rule for all layers (``"epsilon"`` default, ``"zero"``, ``"zplus_zminus"``,
+            ``"alphabeta"``, ``"lfprop"``, or a :class:`Rule`), or a composite mapping from layer
+            name / class name / ``"conv"`` / ``"linear"`` / ``"default"`` to a rule.
+        reward: ``"sequence"`` (Eq. A.16 / T, default), ``"eq7"``, ``"plusminus"`` or a callable
+            ``reward(outputs, labels) -> tensor shaped like outputs``.
+        normalize: max-abs normalization scope ``"step"`` (default), ``"layer"``, ``"sample"``
+            or ``None``/``"off"``. Default: ``"step"``, or off when every layer uses ``lfprop``.
+        temporal: ``"relevance"`` (c_{t-1} = z^u_t n_t, default) or ``"direction"``
+            (c_{t-1} = |z^u_t| n_t), spec 3d.
+        epsilon, alpha, beta: rule constants (epsilon 1e-6; alpha-beta = 1 is checked).
+        batch_reduction: ``"mean"`` (spec section 4) or ``"sum"`` (lfprop). Default: mean, or
+            sum when every layer uses ``lfprop``.
+        clip_norm: if set, G is scaled so its global L2 norm is at most this.
+        agc: if set, adaptive gradient clipping (Brock et al. 2021) with this clip factor,
+            unit-wise ``||G_i|| <= agc * max(||W_i||, agc_eps)``.
+    """
+
+    def __init__(self, network: nn.Module,
+                 rule: Union[RuleSpec, Mapping[str, RuleSpec]] = "epsilon",
+                 reward: Union[str, Callable[[Tensor, Tensor], Tensor]] = "sequence",
+                 normalize: Optional[str] = "default", temporal: str = "relevance",
+                 epsilon: float = 1e-6, alpha: float = 2.0, beta: float = 1.0,
+                 batch_reduction: Optional[str] = None, clip_norm: Optional[float] = None,
+                 agc: Optional[float] = None, agc_eps: float = 1e-3):
+        self.network = network
+        self.reward_fn = get_reward(reward)
+        if temporal not in TEMPORAL_MODES:
+            raise ValueError(f"temporal={temporal!r} is not allowed; use one of {list(TEMPORAL_MODES)}")
+        self.temporal = temporal
+        entries = {name: feedback_entry(m) for name, m in network.named_children()}
+        self.layers = [(name, m) for name, m in network.named_children() if entries[name] is not None]
+        if not self.layers:
+            raise ValueError("LFP: the network has no spikelfp layers")
+        self.rules: Dict[str, Rule] = {}
+        for name, m in self.layers:
+            if entries[name].synaptic:
+                self.rules[name] = resolve_rule(rule, name, layer_kinds(m), epsilon, alpha, beta)
+        if isinstance(rule, Mapping):
+            known = {n for n, _ in network.named_children()} | {"default", "conv", "linear", "pool"}
+            known |= {layer_kinds(m)[0] for _, m in self.layers}
+            unknown = sorted(set(rule) - known)
+            if unknown:
+                raise ValueError(f"LFP composite: keys {unknown} match no layer name or kind; "
+                                 f"known: {sorted(known)}")
+        all_lfprop = bool(self.rules) and all(r.name == "lfprop" for r in self.rules.values())
+        self.normalize = check_norm_scope(None if all_lfprop else "step") if normalize == "default" \
+            else check_norm_scope(normalize)
+        self.batch_reduction = batch_reduction or ("sum" if all_lfprop else "mean")
+        if self.batch_reduction not in ("mean", "sum"):
+            raise ValueError(f"batch_reduction={batch_reduction!r}; use 'mean' or 'sum'")
+        for label, v in (("clip_norm", clip_norm), ("agc", agc)):
+            if v is not None and not v > 0:
+                raise ValueError(f"{label}={v} is not allowed; it must be > 0 (or None to disable)")
+        self.clip_norm, self.agc, self.agc_eps = clip_norm, agc, agc_eps
+        # The walk of the backward pass, top layer down to the lowest synaptic layer (layers
+        # below it need no feedback): fixed by the network, so derived once, not per batch.
+        children = list(network.named_children())
+        missing = [n for n, _ in children if entries[n] is None]
+        if missing:
+            raise ValueError(f"LFP: no feedback rule for layer(s) {missing} "
+                             f"({[type(dict(children)[n]).__name__ for n in missing]}); "
+                             f"add one with register_feedback")
+        lowest = min((i for i, (n, _) in enumerate(children) if entries[n].synaptic),
+                     default=len(children))
+        self._walk = [(i, name, m, entries[name], i > lowest)
+                      for i, (name, m) in reversed(list(enumerate(children))) if i >= lowest]
+
+    # ------------------------------------------------------------------ passes
+    @torch.no_grad()
+    def compute(self, x: Tensor, labels: Tensor, steps: Optional[int] = None,
+                keep_feedback: bool = False) -> LFPResult:
+        """Forward over the sequence, reward, and feedback through every layer (no side effects)."""
+        trace = self.network.run(x.detach(), steps)
+        return self.backward(trace, labels, keep_feedback=keep_feedback)
+
+    @torch.no_grad()
+    def backward(self, trace, labels: Tensor, keep_feedback: bool = False) -> LFPResult:
+        """Propagate the reward of a forward ``trace`` down the network; returns G per parameter."""
+        out = trace.output
+        labels = torch.as_tensor(labels, device=out.device)
+        reward = self.reward_fn(out, labels)
+        if not isinstance(reward, Tensor) or reward.shape != out.shape:
+            got = tuple(reward.shape) if isinstance(reward, Tensor) else type(reward).__name__
+            raise ValueError(f"reward returned {got}; it must be a tensor shaped like the outputs "
+                             f"{tuple(out.shape)}")
+        reward = reward.to(out.dtype)
+        records = trace.records
+        grads: Dict[str, Tensor] = {}
+        feedback: Dict[str, Tensor] = {}
+        r = reward
+        for i, name, layer, entry, need_below in self._walk:
+            if keep_feedback:
+                feedback[name] = r
+            res = entry.fn(
+                layer, r, records[i], self.rules[name], need_below=need_below,
+                normalize=self.normalize, temporal=self.temporal,
+                batch_reduction=self.batch_reduction,
+            ) if entry.synaptic else entry.fn(layer, r, records[i], None, need_below=need_below)
+            if res.grad_weight is not None:
+                grads[f"{name}.weight"] = res.grad_weight
+            if res.grad_bias is not None:
+                grads[f"{name}.bias"] = res.grad_bias
+            r = res.below
+        self._check_finite(grads)
+        return LFPResult(out, reward, predict(out, trace.membrane), grads, trace,
+                         feedback if keep_feedback else None)
+
+    def step(self, x: Tensor, labels: Tensor, steps: Optional[int] = None) -> LFPResult:
+        """:meth:`compute`, then clip G and write ``param.grad = -G`` (call ``optimizer.step()``)."""
+        result = self.compute(x, labels, steps)
+        self.apply(result.grads)
+        return result
+
+    @torch.no_grad()
+    def apply(self, grads: Dict[str, Tensor]) -> None:
+        """Clip (if configured) and write ``param.grad = -G`` for every parameter in ``grads``."""
+        params = dict(self.network.named_parameters())
+        gs = grads
+        if self.agc is not None:
+            gs = {k: adaptive_clip(g, params[k], self.agc, self.agc_eps) for k, g in gs.items()}
+        if self.clip_norm is not None:
+            gs = clip_global_norm(gs, self.clip_norm)
+        for k, g in gs.items():
+            p = params[k]
+            p.grad = (-g).to(p.dtype)
+
+    def _check_finite(self, grads: Dict[str, Tensor]) -> None:
+        if not grads:
+            return
+        # NaN and inf propagate through a sum: one reduction per tensor and one host sync.
+        ok = torch.isfinite(torch.stack([g.sum() for g in grads.values()])).all()
+        if not bool(ok):
+            bad = next(k for k, g in grads.items() if not torch.isfinite(g).all())
+            raise RuntimeError(
+                f"LFP: non-finite feedback (NaN/inf) in {bad!r}; check the input and weights for "
+                f"NaN, or stabilize with clip_norm/agc or the 'zplus_zminus' rule"
+            )
+
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+def _check_rule(value: Any) -> Any:
+    names = list(RULES)
+    if isinstance(value, str):
+        if value not in RULES:
+            raise ConfigError(f"config key 'rule': {value!r} is not allowed; use one of {names}")
+        return value
+    if isinstance(value, dict):
+        bad = {k: v for k, v in value.items() if v not in RULES}
+        if bad:
+            raise ConfigError(f"config key 'rule': {bad} names an unknown rule; use one of {names}")
+        return dict(value)
+    raise ConfigError("config key 'rule': use a rule name or a mapping layer/kind -> rule name")
+
+
+def _check_normalize(value: Any) -> Any:
+    allowed = ("step", "layer", "sample", "off")
+    if value not in allowed:
+        raise ConfigError(f"config key 'normalize': {value!r} is not allowed; use one of {list(allowed)}")
+    return None if value == "off" else value
+
+
+OPTIONS = (
+    Option("rule", "epsilon", "LFP rule: " + " | ".join(RULES) + " (or a mapping in YAML)",
+           check=_check_rule),
+    Option("reward", "sequence", "LFP reward: " + " | ".join(REWARDS), choices=tuple(REWARDS)),
+    Option("normalize", "step", "LFP max-abs scope: step | layer | sample | off", nullable=True,
+           check=_check_normalize),
+    Option("temporal", "relevance", "LFP temporal term: relevance | direction",
+           choices=tuple(TEMPORAL_MODES)),
+    Option("epsilon", 1e-6, "stabilizer of the epsilon / z+z- rules (>= 0)", kind=float, minimum=0.0),
+    Option("ab_alpha", 2.0, "alpha of the alphabeta rule", kind=float, minimum=0.0, strict=True),
+    Option("ab_beta", 1.0, "beta of the alphabeta rule", kind=float, minimum=0.0),
+    Option("batch_reduction", None, "LFP batch reduction: mean | sum (default: by rule)",
+           choices=("mean", "sum", None)),
+    Option("clip_norm", None, "global-norm clipping of G", kind=float, minimum=0.0, strict=True,
+           nullable=True),
+    Option("agc", None, "adaptive gradient clipping factor", kind=float, minimum=0.0, strict=True,
+           nullable=True),
+)
+
+
+def lfp_from_config(cfg: Dict[str, Any], net: nn.Module) -> LFP:
+    """The :class:`LFP` object a run's config describes (``cfg`` as resolved)."""
+    return LFP(net, rule=cfg["rule"], reward=cfg["reward"], normalize=cfg["normalize"],
+               temporal=cfg["temporal"], epsilon=cfg["epsilon"], alpha=cfg["ab_alpha"],
+               beta=cfg["ab_beta"], batch_reduction=cfg["batch_reduction"],
+               clip_norm=cfg["clip_norm"], agc=cfg["agc"])
+
+
+class LFPTrainer(Trainer):
+    """LFP: reward per output neuron and step, decomposed backwards (no autograd)."""
+
+    name = "lfp"
+
+    def __init__(self, cfg: Dict[str, Any], net: nn.Module, context: TrainContext):
+        super().__init__(cfg, net, context)
+        self.lfp = lfp_from_config(cfg, net)
+
+    def step(self, batch: Batch, want_stats: bool = False) -> StepResult:
+        res = self.lfp.compute(batch.x, batch.labels, batch.steps, keep_feedback=want_stats)
+        self.lfp.apply(res.grads)
+        stats = ({"trainer": self.name, **update_statistics(self.net, res.grads, res.feedback)}
+                 if want_stats else None)
+        return StepResult(res.reward.sum(dim=(0, 2)).mean(), "mean_reward", res.prediction,
+                          spike_rates(self.net, res.trace), stats)
+
+
+register_trainer(TrainerSpec(
+    "lfp", LFPTrainer, "Layer-wise Feedback Propagation (reward decomposed with LRP rules)", OPTIONS))
