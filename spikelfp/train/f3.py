@@ -1,0 +1,1 @@
+"""The ``f3`` trainer (being written)."""

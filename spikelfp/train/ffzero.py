@@ -1,0 +1,1 @@
+"""The ``ffzero`` trainer (being written)."""
