@@ -108,7 +108,7 @@ def _neuron_node(nir, info, dt: float, mismatch: bool):
                    v_reset=np.zeros(shape), metadata=meta)
 
 
-def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEFAULT_DT, *,
+def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEFAULT_DT, *,  # noqa: C901
            allow_reset_mismatch: bool = False, pooling: str = "avg",
            time_steps: Optional[int] = None, input_encoding: Optional[str] = None,
            metadata: Optional[Mapping[str, Any]] = None, _stacklevel: int = 2):
@@ -321,7 +321,7 @@ def _conv_padding(node) -> Tuple[int, int]:
     return _pair_of(pad, "padding")
 
 
-def from_nir(graph_or_path, dt: Optional[float] = None, *, restore_reset: bool = False):
+def from_nir(graph_or_path, dt: Optional[float] = None, *, restore_reset: bool = False):  # noqa: C901
     """Read a NIR graph (object or file path) into a :class:`spikelfp.nn.Sequential`.
 
     Supported chain: Input -> [Affine|Linear|Conv2d -> LIF|IF | AvgPool2d | SumPool2d |
@@ -402,7 +402,7 @@ def from_nir(graph_or_path, dt: Optional[float] = None, *, restore_reset: bool =
     return Sequential(*layers)
 
 
-def _synaptic_layer(nir, name, node, neuron_name, neuron, dt, sum_scale, restore_reset):
+def _synaptic_layer(nir, name, node, neuron_name, neuron, dt, sum_scale, restore_reset):  # noqa: C901
     out_shape = tuple(int(s) for s in np.asarray(neuron.v_threshold).shape)
     theta = np.asarray(neuron.v_threshold, dtype=np.float64)
     v_reset = np.asarray(neuron.v_reset if neuron.v_reset is not None else 0.0)

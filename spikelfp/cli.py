@@ -125,7 +125,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
 
     from .data.registry import build_data, make_loader
     from .train.checkpoint import load_checkpoint

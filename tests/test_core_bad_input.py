@@ -7,7 +7,6 @@ import torch
 
 import spikelfp.nn as snn
 from spikelfp import LFP
-from spikelfp.train.lfp import layer_feedback
 from spikelfp.core import lif_scan
 from spikelfp.core.feedback import synaptic_layer_feedback
 from spikelfp.core.rules import make_rule

@@ -18,7 +18,6 @@ import torch
 
 import spikelfp.nn as snn
 from spikelfp import LFP
-from spikelfp.train.lfp import layer_feedback
 from spikelfp.core.feedback import synaptic_layer_feedback
 from spikelfp.core.rules import make_rule
 from spikelfp.core.synapse import LinearOps
@@ -124,7 +123,7 @@ def hand_feedback(r, xs, W, b, v, s, zu, z, *, rule, beta, theta, normalize=None
                 np_out[t][bb][j], nn_out[t][bb][j] = n_pos, n_neg
 
                 def share(a):  # feedback of one contribution a
-                    return a * (n_pos if a > 0 else n_neg)
+                    return a * (n_pos if a > 0 else n_neg)  # noqa: B023  (used in this iteration)
 
                 for i in range(M):
                     f = share(syn[i])

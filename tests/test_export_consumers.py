@@ -15,7 +15,6 @@ hardware_export/SCHEMA.md, "Consumers", for the causes of every difference):
   import fails on multi-dimensional (conv) nodes).
 """
 
-import numpy as np
 import pytest
 import torch
 

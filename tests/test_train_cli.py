@@ -69,7 +69,7 @@ def test_cli_cuda_absent_is_clear(tmp_path, capsys):
 
 
 def test_config_flags_override_yaml(tmp_path):
-    from spikelfp.train.config import load_yaml, resolve
+    from spikelfp.train.config import resolve
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("steps: 7\nlr: 0.01\nhidden: [16]\n")

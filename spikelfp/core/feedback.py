@@ -24,6 +24,7 @@ import torch.nn.functional as Fn
 from .rules import TEMPORAL_MODES, Rule, check_norm_scope, maxabs_normalize
 
 Tensor = torch.Tensor
+DEFAULT_RULE = Rule()
 
 
 class LayerFeedback(NamedTuple):
@@ -49,7 +50,7 @@ def _neuron_view(p: Tensor, neuron_dims: int) -> Tensor:
     return p.reshape(p.shape[0], *([1] * (neuron_dims - 1)))
 
 
-def synaptic_layer_feedback(
+def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused scan)
     r: Tensor,
     x: Tensor,
     membrane: Tensor,
@@ -62,7 +63,7 @@ def synaptic_layer_feedback(
     threshold=1.0,
     reset: str = "subtract",
     spiking: bool = True,
-    rule: Rule = Rule(),
+    rule: Rule = DEFAULT_RULE,
     normalize: Optional[str] = "step",
     temporal: str = "relevance",
     batch_reduction: str = "mean",

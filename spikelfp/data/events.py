@@ -782,7 +782,7 @@ _INDEXERS = {"nmnist": _index_nmnist, "dvsgesture": _index_dvsgesture, "pokerdvs
 def _download(spec_name: str, cls_name: str, root: Path, kwargs: Dict[str, Any], obtain: str) -> None:
     """Let tonic fetch a data set (only when the user opted in); never waits forever."""
     tonic = _tonic()
-    import tonic.datasets  # noqa: F401
+    import tonic.datasets  # noqa: F401, F811  (load the submodule)
 
     cls = getattr(tonic.datasets, cls_name, None)
     if cls is None:
@@ -885,7 +885,7 @@ def build_event_data(name: str, cfg: Dict[str, Any]) -> DataBundle:
 
 def _tonic_class(cls_name: str):
     tonic = _tonic()
-    import tonic.datasets  # noqa: F401
+    import tonic.datasets  # noqa: F401, F811  (load the submodule)
 
     cls = getattr(tonic.datasets, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, tonic.dataset.Dataset)):
@@ -900,7 +900,7 @@ def _url_hint(cls) -> str:
     return f" (tonic downloads from {', '.join(urls)})" if urls else ""
 
 
-def build_tonic_data(cfg: Dict[str, Any]) -> DataBundle:
+def build_tonic_data(cfg: Dict[str, Any]) -> DataBundle:  # noqa: C901
     """Dataset name ``tonic:<ClassName>``: any ``tonic.datasets`` classification set, read with
     tonic's own reader from ``<data_root>/<ClassName>/`` (its ``_check_exists`` is skipped so that
     partial copies load; files are downloaded only with ``download``). Splits: the class's own

@@ -178,7 +178,7 @@ def make_figures(runs: Sequence[Run], out: Path) -> Dict[str, Optional[str]]:
     return figs
 
 
-def build_document(runs: Sequence[Run], figs: Dict[str, Optional[str]], title: str) -> List[Block]:
+def build_document(runs: Sequence[Run], figs: Dict[str, Optional[str]], title: str) -> List[Block]:  # noqa: C901
     doc: List[Block] = [("h", 1, title)]
     lines = []
     for r in runs:

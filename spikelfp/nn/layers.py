@@ -14,8 +14,7 @@ and ``bias`` parameters shaped as in ``torch.nn.Linear`` / ``torch.nn.Conv2d``, 
 
 from __future__ import annotations
 
-import math
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn

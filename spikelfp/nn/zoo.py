@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence
+from typing import Dict
 
 from .layers import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d
 from .network import Sequential

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import yaml
 
 from .errors import ConfigError
-from .registry import set_base_keys, trainer_names, trainer_options
+from .registry import Option, set_base_keys, trainer_names, trainer_options
 
 BASE_DEFAULTS: Dict[str, Any] = {
     # data
@@ -89,11 +89,21 @@ _BOOL = ("download", "bias", "event_first_saccade", "event_merge_polarity", "eve
 
 
 def _num(key, v, kind):
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"config key {key!r}: {v!r} is not a number")
-    if kind is int and float(v) != int(v):
-        raise ConfigError(f"config key {key!r}: {v!r} must be an integer")
-    return kind(v)
+    return Option(key, None, "", kind=kind).validate(v)
+
+
+def _base_options():
+    """The loop's numeric, boolean and choice keys as :class:`Option` (one validator for all)."""
+    for keys, kind, optional, lowest, strict in _NUMERIC:
+        for k in keys:
+            yield Option(k, BASE_DEFAULTS[k], "", kind=kind, minimum=lowest, strict=strict, nullable=optional)
+    for k in _BOOL:
+        yield Option(k, BASE_DEFAULTS[k], "", kind=bool)
+    for k, choices in CHOICES.items():
+        yield Option(k, BASE_DEFAULTS[k], "", choices=choices)
+
+
+_BASE_OPTIONS = tuple(_base_options())
 
 
 def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -102,17 +112,11 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; allowed keys: {sorted(DEFAULTS)}")
     out = dict(cfg)
-    for keys, kind, optional, lowest, strict in _NUMERIC:
-        for k in keys:
-            if optional and out[k] is None:
-                continue
-            out[k] = v = _num(k, out[k], kind)
-            if v < lowest or (strict and v == lowest):
-                bound = f"{'>' if strict else '>='} {lowest}" + (" (or null)" if optional else "")
-                raise ConfigError(f"config key {k!r}: {v} is out of range; it must be {bound}")
-    for k in _BOOL:
-        if not isinstance(out[k], bool):
-            raise ConfigError(f"config key {k!r}: {out[k]!r} must be true or false")
+    if out["trainer"] not in trainer_names():
+        raise ConfigError(f"config key 'trainer': {out['trainer']!r} is not allowed; "
+                          f"use one of {trainer_names()}")
+    for opt in (*_BASE_OPTIONS, *trainer_options().values()):
+        out[opt.key] = opt.validate(out[opt.key])
     out["beta"] = _num("beta", out["beta"], float)
     if not 0 < out["beta"] <= 1:
         raise ConfigError(f"config key 'beta': {out['beta']} is out of range; beta must lie in (0, 1]")
@@ -120,17 +124,8 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
     if not 0 <= vf < 1:
         raise ConfigError(f"config key 'val_fraction': {vf} is out of range; use 0 <= val_fraction < 1")
     out["val_fraction"] = vf
-    for k, choices in CHOICES.items():
-        if out[k] not in choices:
-            shown = [c for c in choices if c is not None]
-            raise ConfigError(f"config key {k!r}: {out[k]!r} is not allowed; use one of {shown}")
     if out["schedule"] == "none":
         out["schedule"] = None
-    if out["trainer"] not in trainer_names():
-        raise ConfigError(f"config key 'trainer': {out['trainer']!r} is not allowed; "
-                          f"use one of {trainer_names()}")
-    for k, opt in trainer_options().items():
-        out[k] = opt.validate(out[k])
     for k in ("hidden", "channels"):
         v = out[k]
         if isinstance(v, int):
