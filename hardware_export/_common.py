@@ -115,7 +115,7 @@ def describe_network(network, input_shape: Optional[Sequence[int]],
 
 def neuron_array(layer, name: str, out_shape: Sequence[int]) -> np.ndarray:
     """beta or threshold of a synaptic layer broadcast to the full neuron shape (its dtype)."""
-    p = layer._neuron_param(getattr(layer, name)).detach().to("cpu")
+    p = getattr(layer.neuron_parameters(), name).detach().to("cpu")
     return torch.broadcast_to(p, tuple(out_shape)).numpy().copy()
 
 
