@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -177,8 +178,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         return handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"spikelfp {args.command}: error: {msg}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 alone says it
+            print(f"spikelfp {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

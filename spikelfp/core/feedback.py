@@ -69,6 +69,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     batch_reduction: str = "mean",
     need_below: bool = True,
     details: bool = False,
+    max_reduce=None,
 ) -> LayerFeedback:
     """Propagate the feedback ``r`` (arriving at this layer's output, ``[T, B, *out]``) through a
     synaptic layer (Linear/Conv2d + LIF, or + ReLU when ``spiking=False``).
@@ -76,7 +77,9 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     ``x`` is the layer's input ``[T, B, *in]``, or one frame ``[B, *in]`` when the input is
     constant over time (then G_W needs one correlation with sum_t n_t instead of T).
     ``membrane`` and ``spikes`` are the forward's v_t and s_t (for ReLU: pre-activation and
-    activation). Returns :class:`LayerFeedback`.
+    activation). ``max_reduce``: applied to each batch-wide max of the ``step`` and ``layer``
+    scopes (an all-reduce MAX across processes in data-parallel training). Returns
+    :class:`LayerFeedback`.
     """
     normalize = check_norm_scope(normalize)
     if temporal not in TEMPORAL_MODES:
@@ -122,7 +125,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
             P, N = P + bview.clamp(min=0), N + bview.clamp(max=0)
 
     if normalize == "layer":
-        r = maxabs_normalize(r)
+        r = maxabs_normalize(r, reduce=max_reduce)
 
     # n is kept whole only where it is needed: for the feedback below, for a time-varying input,
     # or for details. The lowest layer under a constant input only needs sum_t n_t.
@@ -140,7 +143,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     for t in range(T - 1, -1, -1):
         F = torch.add(r[t], C_s, out=F_s) if have_c else F_s.copy_(r[t])
         if normalize == "step":
-            maxabs_normalize(F, inplace=True)
+            maxabs_normalize(F, inplace=True, reduce=max_reduce)
         elif normalize == "sample":
             maxabs_normalize(F, per_sample=True, inplace=True)
         if details:

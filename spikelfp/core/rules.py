@@ -82,11 +82,13 @@ def check_norm_scope(scope) -> Optional[str]:
 
 
 def maxabs_normalize(F: Tensor, per_sample: bool = False, sample_dim: int = 0,
-                     inplace: bool = False) -> Tensor:
+                     inplace: bool = False, reduce=None) -> Tensor:
     """Divide F by max|F| where that max exceeds 1e-10 (left untouched otherwise).
 
     ``per_sample=False``: one max over the whole tensor. ``per_sample=True``: one max per index
-    along ``sample_dim`` (the batch dimension). ``inplace=True`` divides F itself.
+    along ``sample_dim`` (the batch dimension). ``inplace=True`` divides F itself. ``reduce``:
+    applied to the max before use (data-parallel training passes an all-reduce of the maximum,
+    so that the max is taken over the global batch).
     """
     if per_sample:
         dims = tuple(d for d in range(F.dim()) if d != sample_dim)
@@ -94,6 +96,8 @@ def maxabs_normalize(F: Tensor, per_sample: bool = False, sample_dim: int = 0,
     else:
         lo, hi = torch.aminmax(F)  # one pass over F instead of abs + amax
         m = torch.maximum(hi, -lo)
+        if reduce is not None:
+            m = reduce(m)
     m = torch.where(m > NORM_FLOOR, m, torch.ones_like(m))
     return F.div_(m) if inplace else F / m
 

@@ -7,7 +7,7 @@ already (``DataBundle.sequence = True``). Other modules add sets with :func:`reg
 
 from __future__ import annotations
 
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset, TensorDataset
@@ -144,16 +144,40 @@ def with_index(ds: Dataset) -> Dataset:
     return IndexedDataset(ds)
 
 
+class ShardedBatchSampler:
+    """The batches of ``BatchSampler(sampler, batch_size)``, each passed through ``part`` (e.g.
+    this process's chunk of every global batch in data-parallel training)."""
+
+    def __init__(self, sampler, batch_size: int, part: Callable[[List[int]], List[int]]):
+        self.batches = BatchSampler(sampler, batch_size, drop_last=False)
+        self.part = part
+
+    def __iter__(self):
+        for b in self.batches:
+            yield self.part(b)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def make_loader(ds: Dataset, batch_size: int, shuffle: bool, generator: Optional[torch.Generator] = None,
-                num_workers: int = 0, collate_fn=None, index: bool = False) -> DataLoader:
+                num_workers: int = 0, collate_fn=None, index: bool = False,
+                part: Optional[Callable[[List[int]], List[int]]] = None) -> DataLoader:
     """A DataLoader over ``ds``. Tensor data sets are indexed a whole batch at a time (no per-item
     collation); others use the usual per-item collation (``collate_fn`` if given). With
-    ``index=True`` every batch ends with the samples' indices in ``ds`` (``[B]``, int64)."""
+    ``index=True`` every batch ends with the samples' indices in ``ds`` (``[B]``, int64).
+    ``part``: keeps only part of each batch (a data-parallel shard); the batches themselves,
+    and so their order under a seeded ``generator``, are the same for every process."""
     if index:
         ds = with_index(ds)
+    sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
+    if part is not None:
+        batches = ShardedBatchSampler(sampler, batch_size, part)
+    elif isinstance(ds, TensorDataset):
+        batches = BatchSampler(sampler, batch_size, drop_last=False)
+    else:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=num_workers, collate_fn=collate_fn)
     if isinstance(ds, TensorDataset):
-        sampler = RandomSampler(ds, generator=generator) if shuffle else SequentialSampler(ds)
-        return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False),
-                          batch_size=None, num_workers=num_workers)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, collate_fn=collate_fn)
+        return DataLoader(ds, sampler=batches, batch_size=None, num_workers=num_workers)
+    return DataLoader(ds, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn)

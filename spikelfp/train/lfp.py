@@ -49,6 +49,7 @@ from ..core.rules import (
     resolve_rule,
 )
 from ..nn.layers import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d
+from .distributed import all_reduce_max, env_world
 from .errors import ConfigError
 from .protocol import Batch, StepResult, TrainContext, Trainer
 from .registry import Option, TrainerSpec, register_trainer
@@ -166,6 +167,8 @@ class LFP:
         clip_norm: if set, G is scaled so its global L2 norm is at most this.
         agc: if set, adaptive gradient clipping (Brock et al. 2021) with this clip factor,
             unit-wise ``||G_i|| <= agc * max(||W_i||, agc_eps)``.
+        max_reduce: applied to every batch-wide max of the ``step``/``layer`` scopes; data-parallel
+            training passes an all-reduce MAX so processes normalize by the global batch's max.
     """
 
     def __init__(self, network: nn.Module,
@@ -174,7 +177,8 @@ class LFP:
                  normalize: Optional[str] = "default", temporal: str = "relevance",
                  epsilon: float = 1e-6, alpha: float = 2.0, beta: float = 1.0,
                  batch_reduction: Optional[str] = None, clip_norm: Optional[float] = None,
-                 agc: Optional[float] = None, agc_eps: float = 1e-3):
+                 agc: Optional[float] = None, agc_eps: float = 1e-3,
+                 max_reduce: Optional[Callable[[Tensor], Tensor]] = None):
         self.network = network
         self.reward_fn = get_reward(reward)
         if temporal not in TEMPORAL_MODES:
@@ -205,6 +209,7 @@ class LFP:
             if v is not None and not v > 0:
                 raise ValueError(f"{label}={v} is not allowed; it must be > 0 (or None to disable)")
         self.clip_norm, self.agc, self.agc_eps = clip_norm, agc, agc_eps
+        self.max_reduce = max_reduce
         # The walk of the backward pass, top layer down to the lowest synaptic layer (layers
         # below it need no feedback): fixed by the network, so derived once, not per batch.
         children = list(network.named_children())
@@ -247,7 +252,7 @@ class LFP:
             res = entry.fn(
                 layer, r, records[i], self.rules[name], need_below=need_below,
                 normalize=self.normalize, temporal=self.temporal,
-                batch_reduction=self.batch_reduction,
+                batch_reduction=self.batch_reduction, max_reduce=self.max_reduce,
             ) if entry.synaptic else entry.fn(layer, r, records[i], None, need_below=need_below)
             if res.grad_weight is not None:
                 grads[f"{name}.weight"] = res.grad_weight
@@ -331,15 +336,18 @@ OPTIONS = (
            nullable=True),
     Option("agc", None, "adaptive gradient clipping factor", kind=float, minimum=0.0, strict=True,
            nullable=True),
+    Option("lfp_norm_sync", "global", "data-parallel max-abs normalization: global (all-reduce each "
+           "batch max: the single-process update) | local (each process normalizes its shard)",
+           choices=("global", "local")),
 )
 
 
-def lfp_from_config(cfg: Dict[str, Any], net: nn.Module) -> LFP:
+def lfp_from_config(cfg: Dict[str, Any], net: nn.Module, max_reduce=None) -> LFP:
     """The :class:`LFP` object a run's config describes (``cfg`` as resolved)."""
     return LFP(net, rule=cfg["rule"], reward=cfg["reward"], normalize=cfg["normalize"],
                temporal=cfg["temporal"], epsilon=cfg["epsilon"], alpha=cfg["ab_alpha"],
                beta=cfg["ab_beta"], batch_reduction=cfg["batch_reduction"],
-               clip_norm=cfg["clip_norm"], agc=cfg["agc"])
+               clip_norm=cfg["clip_norm"], agc=cfg["agc"], max_reduce=max_reduce)
 
 
 class LFPTrainer(Trainer):
@@ -349,7 +357,8 @@ class LFPTrainer(Trainer):
 
     def __init__(self, cfg: Dict[str, Any], net: nn.Module, context: TrainContext):
         super().__init__(cfg, net, context)
-        self.lfp = lfp_from_config(cfg, net)
+        sync = cfg["lfp_norm_sync"] == "global" and env_world() > 1
+        self.lfp = lfp_from_config(cfg, net, max_reduce=all_reduce_max if sync else None)
 
     def step(self, batch: Batch, want_stats: bool = False) -> StepResult:
         res = self.lfp.compute(batch.x, batch.labels, batch.steps, keep_feedback=want_stats)

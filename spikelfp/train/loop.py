@@ -41,6 +41,17 @@ from ..data.registry import DataBundle, build_data, make_loader
 from ..nn.zoo import build_model
 from .checkpoint import atomic_save, atomic_write_text, read_checkpoint, rng_state, set_rng_state
 from .config import ConfigError, model_spec, resolve
+from .distributed import (
+    SINGLE,
+    DistInfo,
+    all_reduce_sum,
+    average_gradients,
+    barrier,
+    broadcast_text,
+    device_for,
+    setup,
+    shard,
+)
 from .protocol import Batch, TrainContext
 from .registry import build_trainer
 from .stats import synaptic_records
@@ -117,11 +128,13 @@ def encode_batch(x: Tensor, cfg: Dict[str, Any], sequence: bool, generator=None)
 
 @torch.no_grad()
 def evaluate(net, loader: Iterable, cfg: Dict[str, Any], sequence: bool, device,
-             dtype=torch.float32, progress: bool = False, desc: str = "eval") -> Dict[str, Any]:
+             dtype=torch.float32, progress: bool = False, desc: str = "eval",
+             info: DistInfo = SINGLE) -> Dict[str, Any]:
     """Accuracy and spike statistics of ``net`` on ``loader``.
 
     Returns acc, n, spike rate per synaptic layer (mean over samples, steps and neurons), and
-    spikes per sample per layer.
+    spikes per sample per layer. In data-parallel runs each process evaluates its shard and the
+    counts are summed over processes.
     """
     correct, n = 0, 0
     spike_sum: Optional[Tensor] = None
@@ -136,6 +149,10 @@ def evaluate(net, loader: Iterable, cfg: Dict[str, Any], sequence: bool, device,
         sums = torch.stack([rec.spikes.double().sum() for rec in recs])
         sizes = [rec.spikes[0, 0].numel() * rec.spikes.shape[0] for rec in recs]
         spike_sum = sums if spike_sum is None else spike_sum + sums
+    if info.enabled:
+        packed = all_reduce_sum(torch.cat([torch.as_tensor([correct, n], device=spike_sum.device,
+                                                           dtype=torch.float64), spike_sum]), info)
+        correct, n, spike_sum = int(packed[0]), int(packed[1]), packed[2:]
     if n == 0:
         raise ValueError("evaluation set is empty")
     total = spike_sum.tolist()
@@ -184,13 +201,14 @@ def _append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
 
 
 def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip, pos,
-                 steps_per_epoch, total_epochs, device, dtype, progress):
+                 steps_per_epoch, total_epochs, device, dtype, progress, info: DistInfo = SINGLE):
     """One epoch of ``trainer`` steps (skipping the first ``skip`` batches of a resumed epoch);
     returns the epoch's sums. ``pos`` (``global_step``, ``done``: batches done in this epoch) is
     updated in place after every step, so an interrupt knows where the run stopped.
     ``scheduler``: stepped per batch (None if it steps per epoch)."""
     loader = make_loader(data.train, cfg["batch_size"], True, generator=_gen(cfg["seed"], epoch),
-                         num_workers=cfg["num_workers"], index=True)
+                         num_workers=cfg["num_workers"], index=True,
+                         part=(lambda b: shard(b, info)) if info.enabled else None)
     sums: Dict[str, Any] = {"correct": 0, "n": 0, "batches": 0, "objective": {}, "extras": {},
                             "rates": None}
     pos["done"] = skip
@@ -205,11 +223,12 @@ def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip,
         want = cfg["log_updates_every"] > 0 and step % cfg["log_updates_every"] == 0
         optimizer.zero_grad(set_to_none=True)
         out = trainer.step(Batch(inp, y, idx.to(device), steps, epoch, step), want_stats=want)
+        average_gradients(trainer.net.parameters(), len(y), info)  # one all-reduce (no-op alone)
         optimizer.step()
         pos["global_step"], pos["done"] = step + 1, batch_i + 1
         if scheduler is not None:
             scheduler.step()
-        if want and out.stats:
+        if want and out.stats and info.main:
             with open(run_dir / "updates.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "epoch": epoch, **out.stats}) + "\n")
         _accumulate(sums, out, y)
@@ -231,13 +250,22 @@ def _accumulate(sums: Dict[str, Any], out, labels: Tensor) -> None:
     sums["rates"] = out.rates if sums["rates"] is None else sums["rates"] + out.rates
 
 
-def _epoch_summary(sums: Dict[str, Any]) -> Dict[str, Any]:
-    """The training part of a metrics row: accuracy, the objective(s), extras, spike rates."""
-    row: Dict[str, Any] = {"train_acc": float(sums["correct"]) / max(sums["n"], 1)}
-    for k, (tot, cnt) in {**sums["objective"], **sums["extras"]}.items():
-        row[k] = float(tot) / cnt
-    rates = sums["rates"]
-    row["train_spike_rate"] = [r / max(sums["batches"], 1) for r in (rates.tolist() if rates is not None else [])]
+def _epoch_summary(sums: Dict[str, Any], info: DistInfo = SINGLE) -> Dict[str, Any]:
+    """The training part of a metrics row: accuracy, the objective(s), extras, spike rates
+    (data-parallel: counts summed, per-batch means averaged over the processes)."""
+    keys = list({**sums["objective"], **sums["extras"]})
+    means = [float(t) / c for t, c in {**sums["objective"], **sums["extras"]}.values()]
+    rates = sums["rates"].tolist() if sums["rates"] is not None else []
+    rates = [r / max(sums["batches"], 1) for r in rates]
+    correct, n = float(sums["correct"]), float(sums["n"])
+    if info.enabled:
+        packed = all_reduce_sum(torch.tensor([correct, n, *means, *rates], dtype=torch.float64), info)
+        correct, n = float(packed[0]), float(packed[1])
+        means = [v / info.world for v in packed[2:2 + len(means)].tolist()]
+        rates = [v / info.world for v in packed[2 + len(keys):].tolist()]
+    row: Dict[str, Any] = {"train_acc": correct / max(n, 1)}
+    row.update(zip(keys, means))
+    row["train_spike_rate"] = rates
     return row
 
 
@@ -250,6 +278,10 @@ def _epoch_line(row: Dict[str, Any], total_epochs: int, train_time: float) -> st
     val_s = f" val {row['val_acc']:.4f}" if "val_acc" in row else ""
     return (f"epoch {row['epoch']:3d}/{total_epochs}  {metric}  train {row['train_acc']:.4f}{val_s}  "
             f"test {row['test_acc']:.4f}  spike rates [{rates_s}]  {train_time:.1f}s")
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 class RunResult(dict):
@@ -276,9 +308,13 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
         cfg = resolve(None, cfg or {})
 
     # Everything that can fail on bad input happens before anything is written.
-    device = resolve_device(cfg["device"])
+    info = setup(cfg["device"])  # torchrun: join the process group (else one process)
+    device = device_for(info, resolve_device(cfg["device"]))
     dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
     data: DataBundle = data_to_device(build_data(cfg), device)
+    if info.world > len(data.train):
+        raise ConfigError(f"{info.world} processes but only {len(data.train)} training samples; "
+                          f"use at most {len(data.train)} processes")
     seed_everything(cfg["seed"])
     spec = model_spec(cfg, data.input_shape, data.num_classes)
     net = build_model(spec).to(device=device, dtype=dtype)
@@ -302,19 +338,27 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
         global_step, best = ckpt["global_step"], ckpt.get("best", -1.0)
         set_rng_state(ckpt["rng"])
     else:
-        run_dir = _new_run_dir(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(yaml.safe_dump(cfg, sort_keys=True), run_dir / "config.yaml")
-        atomic_save({"model": net.state_dict(), "model_spec": spec, "config": cfg}, run_dir / "init.pt")
+        run_dir = None
+        if info.main:  # rank 0 alone writes the run folder
+            run_dir = _new_run_dir(cfg)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(yaml.safe_dump(cfg, sort_keys=True), run_dir / "config.yaml")
+            atomic_save({"model": net.state_dict(), "model_spec": spec, "config": cfg}, run_dir / "init.pt")
+        run_dir = Path(broadcast_text(str(run_dir) if run_dir else None, info))
+    if not info.main:
+        echo = _silent  # rank 0 alone prints
 
     progress = _progress_enabled(cfg)
     select = "val_acc" if data.val is not None else "train_acc"
-    val_loader = make_loader(data.val, bs * 4, False) if data.val is not None else None
-    test_loader = make_loader(data.test, bs * 4, False)
+    part = (lambda b: shard(b, info)) if info.enabled else None  # sharded evaluation
+    val_loader = make_loader(data.val, bs * 4, False, part=part) if data.val is not None else None
+    test_loader = make_loader(data.test, bs * 4, False, part=part)
     echo(f"spikelfp: training {cfg['model']} on {cfg['dataset']} ({len(data.train)} train samples) "
          f"with {cfg['trainer']} on {device}, T={cfg['steps']}, run folder {run_dir}")
 
     def checkpoint(epoch_done: int, batch_done: int, name: str = "last.pt") -> None:
+        if not info.main:
+            return
         atomic_save({"model": net.state_dict(), "model_spec": spec, "config": cfg,
                      "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -333,22 +377,23 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
             skip = start_batch if epoch == start_epoch else 0
             sums = _train_epoch(
                 trainer, optimizer, scheduler if per_batch else None, data, cfg, run_dir, epoch,
-                skip, pos, steps_per_epoch, total_epochs, device, dtype, progress)
+                skip, pos, steps_per_epoch, total_epochs, device, dtype, progress and info.main, info)
             if scheduler is not None and not per_batch:
                 scheduler.step()
             train_time = time.perf_counter() - t0
             net.eval()
-            row = {"epoch": epoch + 1, **_epoch_summary(sums)}
+            row = {"epoch": epoch + 1, **_epoch_summary(sums, info)}
             if val_loader is not None:
-                ev = evaluate(net, val_loader, cfg, data.sequence, device, dtype, progress, "val")
+                ev = evaluate(net, val_loader, cfg, data.sequence, device, dtype, progress, "val", info)
                 row["val_acc"] = ev["acc"]
-            ev = evaluate(net, test_loader, cfg, data.sequence, device, dtype, progress, "test")
+            ev = evaluate(net, test_loader, cfg, data.sequence, device, dtype, progress, "test", info)
             row["test_acc"] = ev["acc"]
             row["spike_rate"] = ev["spike_rate"]
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["epoch_seconds"] = train_time
             row["wall_seconds"] = time.perf_counter() - t0
-            _append_metrics(run_dir, row)
+            if info.main:
+                _append_metrics(run_dir, row)
             improved = row[select] > best
             if improved:
                 best = row[select]

@@ -1,0 +1,138 @@
+"""Data-parallel training on ``torch.distributed`` (launched by ``torchrun``).
+
+``torchrun --nproc-per-node N -m spikelfp train ...`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR/PORT`` set; :func:`setup` joins the process
+group (``gloo`` on CPU, ``nccl`` on CUDA, one GPU per local rank). Every epoch's global batches
+are the single-process batches (the same seeded permutation); process r takes the r-th of
+``world`` contiguous chunks of each (:func:`shard`). After each trainer step the gradients are
+averaged over the global batch in one all-reduce of one flat buffer (:func:`average_gradients`),
+so the parameter update equals the single-process update on the global batch. Only rank 0
+writes the run folder. Evaluation is sharded and its counts are summed (:func:`all_reduce_sum`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, List, NamedTuple, Optional
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+Tensor = torch.Tensor
+
+
+class DistInfo(NamedTuple):
+    """This process's place: ``rank`` of ``world`` processes, ``local_rank`` on its machine."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistInfo()
+
+
+def env_world() -> int:
+    """WORLD_SIZE from the environment (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def setup(device_name: str) -> DistInfo:
+    """Join the process group torchrun describes (idempotent); SINGLE when not launched by it."""
+    world = env_world()
+    if world <= 1:
+        return SINGLE
+    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda and torch.cuda.device_count() == 0:
+        raise ConfigError("device 'cuda' was asked for under torchrun but no GPU is visible; "
+                          "use --device cpu (gloo)")
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local % torch.cuda.device_count())
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world, local)
+
+
+def device_for(info: DistInfo, device: torch.device) -> torch.device:
+    """The device of this process: cuda:LOCAL_RANK for CUDA under torchrun."""
+    if info.enabled and device.type == "cuda":
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return device
+
+
+def shard(batch: List[int], info: DistInfo) -> List[int]:
+    """This process's contiguous chunk of one global batch (chunks differ by at most one)."""
+    if not info.enabled:
+        return batch
+    n, w, r = len(batch), info.world, info.rank
+    lo, hi = r * n // w, (r + 1) * n // w
+    return batch[lo:hi]
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter], n_local: int, info: DistInfo) -> None:
+    """Make every ``p.grad`` the global-batch mean: each process's grad (a mean over its
+    ``n_local`` samples) is weighted by ``n_local``, all processes' sums are added in ONE
+    all-reduce of one flat buffer (with ``n_local`` appended), then divided by the global count.
+    A parameter without a grad on this process counts as zero."""
+    if not info.enabled:
+        return
+    params = [p for p in params if p.requires_grad]
+    ref = params[0]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
+                      for p in params] + [ref.new_tensor([1.0], dtype=torch.float64)])
+    flat.mul_(n_local)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    total = flat[-1]
+    flat = flat[:-1] / total
+    offset = 0
+    for p in params:
+        k = p.numel()
+        g = flat[offset:offset + k].view_as(p).to(p.dtype)
+        offset += k
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+
+
+def all_reduce_max(t: Tensor) -> Tensor:
+    """The maximum of ``t`` over all processes (identity on one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_reduce_sum(t: Tensor, info: DistInfo) -> Tensor:
+    """The sum of ``t`` over all processes (float64 for exact counts)."""
+    if not info.enabled:
+        return t
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = t.to(device=dev, dtype=torch.float64).clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(t.device)
+
+
+def broadcast_text(text: Optional[str], info: DistInfo) -> str:
+    """Rank 0's string on every process (e.g. the run folder)."""
+    if not info.enabled:
+        return text or ""
+    box = [text]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
