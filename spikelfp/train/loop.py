@@ -46,7 +46,6 @@ from .distributed import (
     DistInfo,
     all_reduce_sum,
     average_gradients,
-    barrier,
     broadcast_text,
     device_for,
     setup,
@@ -288,6 +287,31 @@ class RunResult(dict):
     """Summary of a finished (or interrupted) run: run_dir, interrupted, last metrics row."""
 
 
+def _run_config(cfg, resume, overrides):
+    """(resolved config, checkpoint dict or None): a new run's config, or a resumed run's stored
+    config with ``overrides`` applied."""
+    if resume is None:
+        return resolve(None, cfg or {}), None
+    run_dir = Path(resume)
+    if not (run_dir / "last.pt").is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no last.pt in that folder")
+    ckpt = read_checkpoint(run_dir / "last.pt")
+    cfg = dict(ckpt["config"])
+    cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return resolve(None, cfg), ckpt
+
+
+def _open_run_dir(cfg, info: DistInfo, init: Dict[str, Any]) -> Path:
+    """Rank 0 creates the run folder with config.yaml and init.pt; every rank gets its path."""
+    run_dir = None
+    if info.main:
+        run_dir = _new_run_dir(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(cfg, sort_keys=True), run_dir / "config.yaml")
+        atomic_save(init, run_dir / "init.pt")
+    return Path(broadcast_text(str(run_dir) if run_dir else None, info))
+
+
 def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
           overrides: Optional[Dict[str, Any]] = None, echo: Callable[[str], None] = print) -> RunResult:
     """Train a network as configured; returns a :class:`RunResult`.
@@ -295,17 +319,8 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
     ``resume``: a run folder; its config is used (``overrides``, e.g. more ``epochs``, win) and
     training continues from ``last.pt`` exactly where it stopped.
     """
-    ckpt = None
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "last.pt").is_file():
-            raise ConfigError(f"--resume {str(run_dir)!r}: no last.pt in that folder")
-        ckpt = read_checkpoint(run_dir / "last.pt")
-        cfg = dict(ckpt["config"])
-        cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        cfg = resolve(None, cfg)
-    else:
-        cfg = resolve(None, cfg or {})
+    cfg, ckpt = _run_config(cfg, resume, overrides)
+    run_dir = Path(resume) if resume is not None else None
 
     # Everything that can fail on bad input happens before anything is written.
     info = setup(cfg["device"])  # torchrun: join the process group (else one process)
@@ -338,13 +353,7 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
         global_step, best = ckpt["global_step"], ckpt.get("best", -1.0)
         set_rng_state(ckpt["rng"])
     else:
-        run_dir = None
-        if info.main:  # rank 0 alone writes the run folder
-            run_dir = _new_run_dir(cfg)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(yaml.safe_dump(cfg, sort_keys=True), run_dir / "config.yaml")
-            atomic_save({"model": net.state_dict(), "model_spec": spec, "config": cfg}, run_dir / "init.pt")
-        run_dir = Path(broadcast_text(str(run_dir) if run_dir else None, info))
+        run_dir = _open_run_dir(cfg, info, {"model": net.state_dict(), "model_spec": spec, "config": cfg})
     if not info.main:
         echo = _silent  # rank 0 alone prints
 
