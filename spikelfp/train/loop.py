@@ -222,7 +222,8 @@ def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip,
         want = cfg["log_updates_every"] > 0 and step % cfg["log_updates_every"] == 0
         optimizer.zero_grad(set_to_none=True)
         out = trainer.step(Batch(inp, y, idx.to(device), steps, epoch, step), want_stats=want)
-        average_gradients(trainer.net.parameters(), len(y), info)  # one all-reduce (no-op alone)
+        if not getattr(trainer, "reduces_gradients", False):
+            average_gradients(trainer.net.parameters(), len(y), info)  # one all-reduce (no-op alone)
         optimizer.step()
         pos["global_step"], pos["done"] = step + 1, batch_i + 1
         if scheduler is not None:

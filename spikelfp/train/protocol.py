@@ -70,6 +70,9 @@ class Trainer:
     methods below). ``name`` is the registry name."""
 
     name = ""
+    #: True if the trainer exchanges what it needs across data-parallel processes itself (e.g.
+    #: a few scalar losses); otherwise the loop averages ``param.grad`` after every step.
+    reduces_gradients = False
 
     def __init__(self, cfg: Dict[str, Any], net: torch.nn.Module, context: TrainContext):
         self.cfg, self.net, self.context = cfg, net, context
