@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from spikelfp.nn import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d, ReLULinear
+from spikelfp.train.checkpoint import file_mode
 
 PathLike = Union[str, os.PathLike]
 
@@ -180,6 +181,7 @@ def atomic_write(path: PathLike, writer: Callable[[str], None], force: bool = Fa
         if p.exists() and not force:  # created meanwhile
             raise FileExistsError(
                 f"{p} already exists; pass force=True (CLI: --force) to overwrite it")
+        os.chmod(tmp, file_mode())  # as readable as a plain open() would make it, not 0600
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -53,6 +53,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--beta", type=float, help="membrane decay in (0, 1]")
     p.add_argument("--threshold", type=float, help="firing threshold > 0")
     p.add_argument("--reset", help="subtract | zero")
+    p.add_argument("--neuron", help="lif | cuba (current-based LIF: synaptic current with decay --alpha)")
+    p.add_argument("--alpha", type=float, help="synaptic-current decay in [0, 1) (neuron cuba)")
+    p.add_argument("--recurrent", action=argparse.BooleanOptionalAction, default=None,
+                   help="recurrent weights V in the hidden dense layers")
     names = trainer_names()
     p.add_argument("--trainer", help=" | ".join(names) + ": " + "; ".join(
         f"{n}: {get_trainer_spec(n).help}" for n in names))
@@ -88,7 +92,8 @@ def _add_trainer_flags(p: argparse.ArgumentParser) -> None:
 
 
 _BASE_TRAIN_KEYS = ("dataset", "data_root", "download", "limit", "test_limit", "steps", "device",
-                    "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "trainer",
+                    "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "neuron",
+                    "alpha", "recurrent", "trainer",
                     "epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule",
                     "val_fraction", "seed", "dtype", "out", "run_name", "progress", "cache_dir",
                     "event_window_us", "event_denoise_us", "event_first_saccade", "event_merge_polarity",
@@ -116,6 +121,9 @@ def cmd_train(args) -> int:
     from .train.loop import train
 
     overrides = {k: getattr(args, k) for k in train_keys()}
+    if args.resume and args.config:
+        raise ValueError("--resume takes the run's own config (RUN_DIR/config.yaml); drop --config "
+                         "(flags such as --epochs still apply)")
     if args.resume:
         res = train(resume=args.resume, overrides=overrides)
     else:
@@ -176,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     handler = _HANDLERS[args.command]
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 alone says it
             print(f"spikelfp {args.command}: error: {msg}", file=sys.stderr)

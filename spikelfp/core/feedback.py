@@ -272,3 +272,252 @@ def maxpool_feedback(r: Tensor, x: Tensor, kernel_size, stride, padding, dilatio
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
+
+
+# ----------------------------------------------------------------------------- CUBA / recurrent
+
+class CubaLayerFeedback(NamedTuple):
+    """What one CUBA / recurrent layer's feedback pass produces (spec ``lfp-cuba-recurrent.md``).
+
+    The first six fields are those of :class:`LayerFeedback`; then
+    grad_recurrent_weight, grad_recurrent_bias: G of V and b_V (None for a feed-forward layer);
+    m: the filtered feedback m_t = n_t + alpha m_{t+1} (a pair (m+, m-) for alphabeta), and
+    recurrent: rho_t, the feedback arriving at s_t through V from step t+1 (both with ``details``).
+    """
+
+    grad_weight: Optional[Tensor]
+    grad_bias: Optional[Tensor]
+    below: Optional[Tensor]
+    feedback: Optional[Tensor] = None
+    temporal: Optional[Tensor] = None
+    n: Optional[Union[Tensor, tuple]] = None
+    grad_recurrent_weight: Optional[Tensor] = None
+    grad_recurrent_bias: Optional[Tensor] = None
+    m: Optional[Union[Tensor, tuple]] = None
+    recurrent: Optional[Tensor] = None
+
+
+def current_filter(q: Tensor, alpha: Optional[Tensor]) -> Tensor:
+    """P_t = alpha P_{t-1} + q_t (P_1 = q_1) along the first dimension of ``q`` ``[T, B, ...]``;
+    without a filter (alpha None) ``q`` itself."""
+    if alpha is None:
+        return q
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    out[0] = q[0]
+    for t in range(1, q.shape[0]):
+        torch.add(alpha * out[t - 1], q[t], out=out[t])
+    return out
+
+
+def _contribution_sums(x, W, b, s_prev, V, bV, ops, rule_name, neuron_dims):
+    """The unfiltered sums of the non-temporal contributions per step (spec section 2): for
+    z+z-, sum |contribution| (one tensor); for alphabeta, the positive and negative sums (a pair);
+    else None. ``s_prev`` is s_{t-1} ``[T, B, N]`` (only with V)."""
+    if rule_name == "zplus_zminus":
+        q = ops.forward(x.abs(), W.abs(), None)
+        if b is not None:
+            q = q + _neuron_view(b, neuron_dims).abs()
+        if V is not None:
+            q = q + Fn.linear(s_prev, V.abs(), bV.abs() if bV is not None else None)
+        return (q,)
+    if rule_name != "alphabeta":
+        return None
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+    P = ops.forward(xp, Wp, None) + ops.forward(xn, Wn, None)
+    N = ops.forward(xp, Wn, None) + ops.forward(xn, Wp, None)
+    if b is not None:
+        bv = _neuron_view(b, neuron_dims)
+        P, N = P + bv.clamp(min=0), N + bv.clamp(max=0)
+    if V is not None:
+        Vp, Vn = V.clamp(min=0), V.clamp(max=0)
+        P = P + Fn.linear(s_prev, Vp, bV.clamp(min=0) if bV is not None else None)
+        N = N + Fn.linear(s_prev, Vn, bV.clamp(max=0) if bV is not None else None)
+    return (P, N)
+
+
+def _cuba_n(F, z, zu, v_prev, sums, t, rule, eps):
+    """n_t (a 1-tuple, or (n+, n-) for alphabeta) from F_t and the step's contributions."""
+    name = rule.name
+    if name == "alphabeta":
+        Zp, Zn = sums[0][t], sums[1][t]
+        if zu is not None:
+            Zp, Zn = Zp + zu.clamp(min=0), Zn + zu.clamp(max=0)
+        return (F * (rule.alpha / (Zp + eps)), F * (rule.beta / (Zn.abs() + eps)))
+    if name == "zero":
+        D = z.abs()
+        return (torch.where(D > 0, F / torch.where(D > 0, D, torch.ones_like(D)), torch.zeros_like(F)),)
+    if name == "epsilon":
+        D = z.abs() + eps
+    elif name == "zplus_zminus":
+        D = sums[0][t] + eps if zu is None else zu.abs() + sums[0][t] + eps
+    elif name == "lfprop":
+        D = z.abs() + eps if zu is None else (z - v_prev).abs() + v_prev.abs() + eps
+    else:  # pragma: no cover - make_rule guards this
+        raise ValueError(name)
+    return (F / D,)
+
+
+def cuba_layer_feedback(  # noqa: C901  (one reverse scan, as synaptic_layer_feedback)
+    r: Tensor,
+    x: Tensor,
+    membrane: Tensor,
+    spikes: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    ops,
+    *,
+    alpha=None,
+    recurrent_weight: Optional[Tensor] = None,
+    recurrent_bias: Optional[Tensor] = None,
+    beta=0.9,
+    threshold=1.0,
+    reset: str = "subtract",
+    rule: Rule = DEFAULT_RULE,
+    normalize: Optional[str] = "step",
+    temporal: str = "relevance",
+    batch_reduction: str = "mean",
+    need_below: bool = True,
+    details: bool = False,
+    max_reduce=None,
+) -> CubaLayerFeedback:
+    """Propagate the feedback ``r`` ``[T, B, *out]`` through a CUBA and/or recurrent LIF layer
+    (spec ``lfp-cuba-recurrent.md`` sections 2-3). For t = T..1 (c_T = 0, m_{T+1} = 0, rho_T = 0)::
+
+        F_t       = r_t + rho_t + c_t        (max-abs normalized: step/sample scopes normalize
+                                              F_t; "layer" normalizes r once, before the scan)
+        n_t       = F_t / D_t                D_t over the unrolled contributions (section 2)
+        c_{t-1}   = z^u_t n_t                (|z^u_t| n_t with temporal="direction")
+        m_t       = n_t + alpha m_{t+1}      feedback through the current filter
+        rho_{t-1} = s_{t-1} (m_t V)          feedback to the layer's own spikes of step t-1
+        r^below_t = x_t (m_t W)
+
+    and G_W = |W| sum m_t^T x_t / B, G_V = |V| sum m_t^T s_{t-1} / B, G_b = |b| sum m_t / B,
+    G_bV = |b_V| sum m_t / B (alphabeta: m+ / m- by the sign of each contribution). ``alpha``:
+    scalar or broadcastable to ``[B, *out]``, or None (no current filter: m = n). With alpha None
+    and no V this is :func:`synaptic_layer_feedback` (spiking). ``x`` may be one constant frame.
+    """
+    normalize = check_norm_scope(normalize)
+    if temporal not in TEMPORAL_MODES:
+        raise ValueError(f"temporal={temporal!r} is not allowed; use one of {TEMPORAL_MODES}")
+    if batch_reduction not in ("mean", "sum"):
+        raise ValueError(f"batch_reduction={batch_reduction!r}; use 'mean' or 'sum'")
+    W = weight.detach()
+    b = bias.detach() if bias is not None else None
+    V = recurrent_weight.detach() if recurrent_weight is not None else None
+    bV = recurrent_bias.detach() if recurrent_bias is not None and V is not None else None
+    x, r, v, s = x.detach(), r.detach(), membrane.detach(), spikes.detach()
+    T, B = v.shape[0], v.shape[1]
+    dt, dev = v.dtype, v.device
+    a = torch.as_tensor(alpha, dtype=dt, device=dev) if alpha is not None else None
+    beta_t = torch.as_tensor(beta, dtype=dt, device=dev)
+    th = torch.as_tensor(threshold, dtype=dt, device=dev)
+    eps = rule.epsilon
+    ab = rule.name == "alphabeta"
+    s_prev = torch.cat([torch.zeros_like(s[:1]), s[:-1]]) if V is not None else None
+    sums = _contribution_sums(x, W, b, s_prev, V, bV, ops, rule.name, v.dim() - 2)
+    if sums is not None:  # P_t: the sums filtered like the current (section 2)
+        sums = tuple(current_filter(q if q.dim() == v.dim() else q.unsqueeze(0).expand(T, *q.shape), a)
+                     for q in sums)
+    if normalize == "layer":
+        r = maxabs_normalize(r, reduce=max_reduce)
+
+    k = 2 if ab else 1
+    M = [torch.empty_like(v) for _ in range(k)]
+    N_buf = [torch.empty_like(v) for _ in range(k)] if details else None
+    F_buf = torch.empty_like(v) if details else None
+    c_buf = torch.zeros_like(v) if details else None
+    rho_buf = torch.zeros_like(v) if details else None
+    c = rho = None
+    if V is not None:
+        Vs = (V.clamp(min=0), V.clamp(max=0)) if ab else (V,)
+    for t in range(T - 1, -1, -1):
+        F = r[t].clone()
+        if c is not None:
+            F = F + c
+        if rho is not None:
+            F = F + rho
+        if normalize == "step":
+            F = maxabs_normalize(F, reduce=max_reduce)
+        elif normalize == "sample":
+            F = maxabs_normalize(F, per_sample=True)
+        if details:
+            F_buf[t] = F
+            if c is not None:
+                c_buf[t] = c
+            if rho is not None:
+                rho_buf[t] = rho
+        zu = v_prev = None
+        z = v[t]
+        if t > 0:
+            v_prev = v[t - 1]
+            zu = beta_t * v_prev
+            if reset == "zero" and rule.name != "lfprop":
+                zu = zu * (1 - s[t - 1])
+            if reset == "subtract":
+                z = v[t] + th * s[t - 1]
+        ns = _cuba_n(F, z, zu, v_prev, sums, t, rule, eps)
+        if details:
+            for buf, n_ in zip(N_buf, ns):
+                buf[t] = n_
+        for j, n_ in enumerate(ns):  # m_t = n_t + alpha m_{t+1}
+            if a is not None and t < T - 1:
+                torch.add(n_, a * M[j][t + 1], out=M[j][t])
+            else:
+                M[j][t] = n_
+        if zu is None:
+            c = rho = None
+            continue
+        n_sel = torch.where(zu > 0, ns[0], ns[1]) if ab else ns[0]
+        c = (zu.abs() if temporal == "direction" else zu) * n_sel
+        if V is not None:
+            rho = s[t - 1] * sum(Mj[t] @ Vj for Mj, Vj in zip(M, Vs))
+
+    scale = 1.0 / B if batch_reduction == "mean" else 1.0
+    const = x.dim() == v.dim() - 1
+    xin = x
+    Msrc = [m_.sum(0) for m_ in M] if const else M
+    G_W, G_b, below, G_V, G_bV = _cuba_grads(W, b, V, bV, ops, xin, Msrc, M, s, ab, need_below)
+    G_W = G_W.mul_(scale)
+    G_b = G_b * scale if G_b is not None else None
+    G_V = G_V * scale if G_V is not None else None
+    G_bV = G_bV * scale if G_bV is not None else None
+    if not details:
+        return CubaLayerFeedback(G_W, G_b, below, grad_recurrent_weight=G_V, grad_recurrent_bias=G_bV)
+    return CubaLayerFeedback(G_W, G_b, below, F_buf, c_buf, tuple(N_buf) if ab else N_buf[0], G_V,
+                             G_bV, tuple(M) if ab else M[0], rho_buf)
+
+
+def _cuba_grads(W, b, V, bV, ops, x, Msrc, M, s, ab, need_below):
+    """G of W, b, V, b_V (unscaled) and the feedback below, from m (spec section 3)."""
+    absW = W.abs()
+    if not ab:
+        m = M[0]
+        G_W = absW.mul_(ops.correlate(Msrc[0], x, W.shape))
+        G_b = b.abs() * ops.bias_sum(m) if b is not None else None
+        below = ops.transpose(m, W, x.shape).mul_(x) if need_below else None
+        G_V = G_bV = None
+        if V is not None:
+            G_V = V.abs() * (m[1:].reshape(-1, m.shape[-1]).t() @ s[:-1].reshape(-1, s.shape[-1]))
+            G_bV = bV.abs() * ops.bias_sum(m) if bV is not None else None
+        return G_W, G_b, below, G_V, G_bV
+    mp, mn = M
+    sp, sn = Msrc
+    xp, xn = x.clamp(min=0), x.clamp(max=0)
+    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+    pos_w = ops.correlate(sp, xp, W.shape) + ops.correlate(sn, xn, W.shape)
+    neg_w = ops.correlate(sn, xp, W.shape) + ops.correlate(sp, xn, W.shape)
+    G_W = absW.mul_(torch.where(W > 0, pos_w, neg_w))
+    G_b = b.abs() * torch.where(b > 0, ops.bias_sum(mp), ops.bias_sum(mn)) if b is not None else None
+    below = None
+    if need_below:
+        below = xp * (ops.transpose(mp, Wp, x.shape) + ops.transpose(mn, Wn, x.shape)) \
+            + xn * (ops.transpose(mp, Wn, x.shape) + ops.transpose(mn, Wp, x.shape))
+    G_V = G_bV = None
+    if V is not None:
+        def corr(m_):
+            return m_[1:].reshape(-1, m_.shape[-1]).t() @ s[:-1].reshape(-1, s.shape[-1])
+        G_V = V.abs() * torch.where(V > 0, corr(mp), corr(mn))
+        if bV is not None:
+            G_bV = bV.abs() * torch.where(bV > 0, ops.bias_sum(mp), ops.bias_sum(mn))
+    return G_W, G_b, below, G_V, G_bV

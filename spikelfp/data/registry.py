@@ -102,6 +102,7 @@ def _digits(cfg: dict) -> DataBundle:
     x, y = load_digits_arrays()
     tr, te = stratified_test_split(y, 0.25, seed=0)
     train, val = split_train_val(x[tr], y[tr], cfg.get("val_fraction", 0.0), cfg.get("limit"))
+    te = te[: cfg["test_limit"]] if cfg.get("test_limit") is not None else te
     return DataBundle(train, val, TensorDataset(x[te], y[te]), (1, 8, 8), 10)
 
 

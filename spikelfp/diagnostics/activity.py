@@ -22,6 +22,10 @@ Definitions (all on one evaluation set of ``n`` samples and ``T`` steps):
   sum of the fan-out map, i.e. multiply-accumulates of one dense pass; for Linear in*out);
   ``ann_macs_per_sample`` is that times T (the same network evaluated as an ANN at every step).
   ``synops / ann_macs_per_sample`` is therefore the event density weighted by fan-out.
+- recurrent layers (``recurrent_weight`` V, N x N): each spike at steps 1..T-1 also reaches the N
+  neurons of its own layer at the next step, so ``recurrent_synops_per_sample`` = those spikes * N
+  / n is added to the layer's ``synops_per_sample`` (and to the network's, the recurrent input
+  being spikes), and N*N recurrent synapses to ``ann_macs_per_step``.
 """
 
 from __future__ import annotations
@@ -143,6 +147,7 @@ class ActivityAccumulator:
         self.time: List[Optional[Tensor]] = [None] * L          # spikes per step
         self.per_sample: List[List[Tensor]] = [[] for _ in range(L)]
         self.events: List[Optional[Tensor]] = [None] * L        # nonzero inputs per input element
+        self.rec_events: List[float] = [0.0] * L                # spikes that reach V (steps < T)
         self.in_binary: List[bool] = [True] * L
         self.in_shape: List[Optional[Tuple[int, ...]]] = [None] * L
         self._raster_parts: List[List[Tensor]] = [[] for _ in range(L)]
@@ -178,6 +183,8 @@ class ActivityAccumulator:
                 in_shape = tuple(x.shape[1:])
             self.in_shape[k] = in_shape
             self.events[k] = self._add(self.events[k], ev)
+            if getattr(self.layers[k][2], "recurrent_weight", None) is not None:
+                self.rec_events[k] += float((s[:-1] != 0).sum().item())
             if self.in_binary[k]:
                 self.in_binary[k] = bool(((x == 0) | (x == 1)).all().item())
             if self.kept < self.raster_samples:
@@ -204,6 +211,10 @@ class ActivityAccumulator:
             ev = self.events[k].cpu()
             ops = synops(ev, fan)
             macs_step = float(fan.sum().item())
+            V = getattr(layer, "recurrent_weight", None)
+            rec_ops = self.rec_events[k] * V.shape[0] if V is not None else 0.0
+            ops += rec_ops
+            macs_step += float(V.numel()) if V is not None else 0.0
             per_sample = torch.cat(self.per_sample[k])
             # the input comes from the nearest synaptic layer below, or from the encoded input
             src = self.layers[k - 1][1] if k > 0 else "input"
@@ -224,6 +235,7 @@ class ActivityAccumulator:
                 "input_events_per_sample": float(ev.sum().item() / n),
                 "mean_fan_out": float(fan.mean().item()),
                 "synops_per_sample": ops / n,
+                "recurrent_synops_per_sample": rec_ops / n,
                 "ann_macs_per_step": macs_step,
                 "ann_macs_per_sample": macs_step * T,
                 "synops_over_ann_macs": (ops / n) / (macs_step * T) if macs_step else 0.0,
@@ -244,8 +256,11 @@ class ActivityAccumulator:
             "saturated_fraction": sum(d["saturated_count"] for d in layers) / total_neurons,
             "spikes_per_sample": sum(d["spikes_per_sample"] for d in layers),
             "hidden_spikes_per_sample": sum(d["spikes_per_sample"] for d in hidden),
-            "synops_per_sample": sum(d["synops_per_sample"] for d in spiking_in),
-            "input_ops_per_sample": sum(d["synops_per_sample"] for d in layers if d["input_source"] == "input"),
+            "synops_per_sample": sum(d["synops_per_sample"] for d in spiking_in)
+            + sum(d["recurrent_synops_per_sample"] for d in layers if d["input_source"] == "input"),
+            "recurrent_synops_per_sample": sum(d["recurrent_synops_per_sample"] for d in layers),
+            "input_ops_per_sample": sum(d["synops_per_sample"] - d["recurrent_synops_per_sample"]
+                                        for d in layers if d["input_source"] == "input"),
             "ann_macs_per_step": sum(d["ann_macs_per_step"] for d in layers),
             "ann_macs_per_sample": sum(d["ann_macs_per_sample"] for d in layers),
             "spiking_ann_macs_per_sample": sum(d["ann_macs_per_sample"] for d in spiking_in),

@@ -6,6 +6,7 @@ raises ``ValueError`` / ``FileNotFoundError`` with a one-line message (exit code
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def add_report_parser(subparsers) -> None:
                    help="progress bars (auto: only on a terminal)")
 
 
+def _check_writable(folder: Path, flag: str) -> None:
+    """One line if ``folder`` cannot be created or written (checked by creating a probe file)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".spikelfp-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{flag} {str(folder)!r} is not writable: {e.strerror or e}") from None
+
+
 def run_report(args) -> int:
     """Analyse every run folder and write the report; 0 on success."""
     from .analyze import analyze_run
@@ -62,6 +74,9 @@ def run_report(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    _check_writable(out, "--out")  # before the (long) evaluation, not after it
+    if args.json:
+        _check_writable(Path(args.json).parent, "--json")
     progress = {"on": True, "off": False}.get(args.progress, sys.stderr.isatty())
     echo = lambda s: print(s, file=sys.stderr)  # noqa: E731
     runs = [analyze_run(d, checkpoint=args.checkpoint, limit=args.limit, device=args.device,

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as Fn
 
+from ..core.cuba import CubaParameters, check_alpha, cuba_scan, cuba_step
 from ..core.lif import RESETS, LIFParameters, LIFState, check_lif_parameters, lif_scan, lif_step
 from ..core.synapse import Conv2dOps, LinearOps
 
@@ -281,8 +282,147 @@ class MaxPool2d(_Pool):
         return self._rows(x, lambda v: Fn.max_pool2d(v, self.kernel_size, self.stride, self.padding))
 
 
+# ----------------------------------------------------------------------------- CUBA / recurrent
+
+class _Cuba(_Synaptic):
+    """A synaptic map followed by a current-based (CUBA) LIF population, optionally with recurrent
+    synapses V from the population's own spikes of the previous step (dense layers only):
+    ``i_t = (alpha i_{t-1} + (W x_t + b)) + (V s_{t-1} + b_V)``, ``v_t = beta v_{t-1} + i_t - reset_t``
+    (:mod:`spikelfp.core.cuba`). ``alpha`` is a buffer like ``beta`` (scalar or per neuron); with
+    alpha = 0 everywhere the layer keeps no current state. ``current`` (as in the LIF layers) is
+    the feed-forward part W x + b."""
+
+    def _init_alpha(self, alpha, dtype) -> None:
+        check_alpha(alpha, where=type(self).__name__)
+        dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self.register_buffer("alpha", torch.as_tensor(alpha, dtype=dtype).clone())
+
+    def synaptic_decay(self) -> Optional[Tensor]:
+        """alpha shaped to broadcast over the neuron dims, or None when it is 0 everywhere (no
+        current state: the layer is a plain, or recurrent, LIF)."""
+        if not bool((self.alpha != 0).any()):
+            return None
+        return self._neuron_param(self.alpha)
+
+    def cuba_parameters(self) -> CubaParameters:
+        """beta, threshold, reset (as :meth:`neuron_parameters`) and alpha (:meth:`synaptic_decay`)."""
+        beta, theta, reset = self.neuron_parameters()
+        return CubaParameters(beta, theta, reset, self.synaptic_decay())
+
+    def recurrent_parameters(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """(V, b_V), or (None, None) for a feed-forward layer."""
+        return getattr(self, "recurrent_weight", None), getattr(self, "recurrent_bias", None)
+
+    def run(self, x: Tensor, steps: Optional[int] = None,
+            spike_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, LayerRecord]:
+        """Run the layer on ``x`` ([T, B, *in], or a constant frame [B, *in] with ``steps``)."""
+        current = self.current(x)
+        beta, theta, reset, alpha = self.cuba_parameters()
+        V, bV = self.recurrent_parameters()
+        s, v = cuba_scan(current, alpha, beta, theta, reset, steps=steps, spike_fn=spike_fn,
+                         recurrent_weight=V, recurrent_bias=bV)
+        return s, LayerRecord(x, v, s)
+
+    def step(self, x_t: Tensor, state=None, current: Optional[Tensor] = None):
+        """One time step -> (spikes ``[B, *out]``, :class:`~spikelfp.core.cuba.CubaState`); the
+        arithmetic of :meth:`run`, so the outputs are bit-identical step by step."""
+        i_t = self.current(x_t) if current is None else current
+        beta, theta, reset, alpha = self.cuba_parameters()
+        V, bV = self.recurrent_parameters()
+        st = cuba_step(i_t, state, alpha, beta, theta, reset, V, bV)
+        return st.spikes, st
+
+    def extra_repr(self) -> str:
+        a = self.alpha
+        shown = f"{a.item():g}" if a.numel() == 1 else f"tensor{tuple(a.shape)}"
+        return f"{super().extra_repr()}, alpha={shown}"
+
+
+class CubaLIFLinear(_Cuba):
+    """Dense synapses + current-based LIF neurons, optionally recurrent.
+
+    Args:
+        in_features, out_features, bias: as ``torch.nn.Linear`` (same init and parameter shapes).
+        beta, threshold, reset: as :class:`LIFLinear`.
+        alpha: synaptic-current decay in [0, 1); scalar or per-neuron ``[out_features]``.
+        recurrent: add recurrent weights ``recurrent_weight`` V ``[out, out]`` (and, with
+            ``recurrent_bias=True``, ``recurrent_bias`` b_V ``[out]``), initialized as
+            ``torch.nn.Linear(out, out)``, as snnTorch's ``RLeaky``/``RSynaptic(all_to_all=True)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, beta=0.9,
+                 threshold=1.0, reset: str = "subtract", alpha=0.0, recurrent: bool = False,
+                 recurrent_bias: bool = True, device=None, dtype=None):
+        super().__init__(beta, threshold, reset, dtype=dtype)
+        self._init_alpha(alpha, dtype)
+        ref = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight, self.bias = ref.weight, ref.bias
+        self.recurrent = bool(recurrent)
+        if self.recurrent:
+            rec = nn.Linear(out_features, out_features, bias=recurrent_bias, device=device,
+                            dtype=dtype)
+            self.recurrent_weight, self.recurrent_bias = rec.weight, rec.bias
+        self.ops = LinearOps()
+        for name in ("beta", "threshold", "alpha"):
+            p = getattr(self, name)
+            if p.numel() != 1 and tuple(p.shape) != (out_features,):
+                raise ValueError(
+                    f"{type(self).__name__}: {name} has shape {tuple(p.shape)}; use a scalar or "
+                    f"shape ({out_features},)"
+                )
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    _check_input = LIFLinear._check_input
+
+    def extra_repr(self) -> str:
+        base = f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+        return f"{base}, {super().extra_repr()}, recurrent={self.recurrent}"
+
+
+class CubaLIFConv2d(_Cuba):
+    """2-D convolution synapses + current-based LIF neurons (feed-forward).
+
+    ``alpha``, ``beta``, ``threshold``: scalar, per channel ``[C_out]`` or per neuron
+    ``[C_out, H', W']``; other arguments as :class:`LIFConv2d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, beta=0.9, threshold=1.0,
+                 reset: str = "subtract", alpha=0.0, device=None, dtype=None):
+        super().__init__(beta, threshold, reset, dtype=dtype)
+        self._init_alpha(alpha, dtype)
+        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                        bias, device=device, dtype=dtype)
+        if isinstance(ref.padding, str):
+            raise ValueError("CubaLIFConv2d: padding must be an int or a pair, not a string")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = ref.kernel_size, ref.stride
+        self.padding, self.dilation, self.groups = ref.padding, ref.dilation, groups
+        self.weight, self.bias = ref.weight, ref.bias
+        self.recurrent = False
+        self.ops = Conv2dOps(ref.stride, ref.padding, ref.dilation, groups)
+        for name in ("beta", "threshold", "alpha"):
+            p = getattr(self, name)
+            if p.numel() != 1 and p.shape[0] != out_channels:
+                raise ValueError(
+                    f"CubaLIFConv2d: {name} has shape {tuple(p.shape)}; use a scalar, "
+                    f"({out_channels},) or ({out_channels}, H_out, W_out)"
+                )
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    _neuron_param = LIFConv2d._neuron_param
+    _check_input = LIFConv2d._check_input
+
+    def extra_repr(self) -> str:
+        base = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+        return f"{base}, {super().extra_repr()}"
+
 
 __all__ = [
     "LayerRecord", "LIFLinear", "ReLULinear", "LIFConv2d", "Flatten", "AvgPool2d", "MaxPool2d",
-    "RESETS",
+    "CubaLIFLinear", "CubaLIFConv2d", "RESETS",
 ]

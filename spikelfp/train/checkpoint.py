@@ -12,7 +12,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -20,26 +20,48 @@ import torch
 from ..nn.zoo import build_model
 
 
-def atomic_save(obj: Any, path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``: a crash
-    mid-write leaves the previous file intact."""
+TMP_SUFFIX = ".tmp"
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (0o666 less the umask): temporary files
+    are created 0o600, and a checkpoint must be as readable as the metrics beside it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic(path, write: Callable[[str], None]) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def atomic_save(obj: Any, path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``: a crash
+    mid-write leaves the previous file intact."""
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
 def atomic_write_text(text: str, path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` the same way (temporary file, then rename)."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def remove_stale_temporaries(folder) -> List[str]:
+    """Delete the temporary files a killed save left in ``folder`` (``.NAME.*.tmp``)."""
+    gone = []
+    for p in Path(folder).glob(f".*{TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        gone.append(p.name)
+    return gone
 
 
 def rng_state() -> Dict[str, Any]:

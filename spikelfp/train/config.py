@@ -28,6 +28,7 @@ BASE_DEFAULTS: Dict[str, Any] = {
     # model
     "model": "mlp", "hidden": [128], "channels": [16, 32], "pool_input": 1, "bias": True,
     "beta": 0.9, "threshold": 1.0, "reset": "subtract",
+    "neuron": "lif", "alpha": 0.0, "recurrent": False,
     # trainer (its own keys come from the registry)
     "trainer": "lfp",
     # optimization
@@ -66,6 +67,7 @@ CHOICES = {
     "encoder": ("constant", "poisson", "latency", "delta"),
     "model": ("mlp", "lenet", "convnet"),
     "reset": ("subtract", "zero"),
+    "neuron": ("lif", "cuba"),
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": (None, "none", "cosine", "step", "onecycle"),
     "device": ("auto", "cpu", "cuda"),
@@ -73,8 +75,8 @@ CHOICES = {
     "progress": ("auto", "on", "off"),
 }
 
-_POSITIVE_INT = ("steps", "epochs", "batch_size", "step_size", "event_downsample")
-_NONNEG_INT = ("num_workers", "log_updates_every", "seed", "save_every")
+_POSITIVE_INT = ("steps", "epochs", "batch_size", "step_size", "event_downsample", "pool_input")
+_NONNEG_INT = ("num_workers", "log_updates_every", "save_every")
 _OPT_POSITIVE_INT = ("limit", "test_limit")
 _POSITIVE_FLOAT = ("lr", "threshold")
 _NONNEG_FLOAT = ("weight_decay", "momentum")
@@ -85,7 +87,7 @@ _NUMERIC = (
     (_OPT_POSITIVE_INT, int, True, 1, False), (_POSITIVE_FLOAT, float, False, 0.0, True),
     (_NONNEG_FLOAT, float, False, 0.0, False), (_OPT_POSITIVE_FLOAT, float, True, 0.0, True),
 )
-_BOOL = ("download", "bias", "event_first_saccade", "event_merge_polarity", "event_binary")
+_BOOL = ("download", "bias", "event_first_saccade", "event_merge_polarity", "event_binary", "recurrent")
 
 
 def _num(key, v, kind):
@@ -101,6 +103,12 @@ def _base_options():
         yield Option(k, BASE_DEFAULTS[k], "", kind=bool)
     for k, choices in CHOICES.items():
         yield Option(k, BASE_DEFAULTS[k], "", choices=choices)
+    yield Option("gamma", BASE_DEFAULTS["gamma"], "", kind=float, minimum=0.0, strict=True, maximum=1.0)
+    yield Option("seed", BASE_DEFAULTS["seed"], "", kind=int, minimum=0, maximum=2 ** 63 - 1)
+    for k in ("dataset", "out"):
+        yield Option(k, BASE_DEFAULTS[k], "", kind=str)
+    for k in ("data_root", "run_name", "cache_dir"):
+        yield Option(k, BASE_DEFAULTS[k], "", kind=str, nullable=True)
 
 
 _BASE_OPTIONS = tuple(_base_options())
@@ -133,7 +141,20 @@ def validate(cfg: Dict[str, Any]) -> Dict[str, Any]:
         if not isinstance(v, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v):
             raise ConfigError(f"config key {k!r}: {v!r} must be a list of positive integers")
         out[k] = list(v)
+    _check_neuron(out)
     return out
+
+
+def _check_neuron(out: Dict[str, Any]) -> None:
+    """``alpha`` in [0, 1) and only with ``neuron: cuba``; ``recurrent`` needs hidden dense layers."""
+    out["alpha"] = _num("alpha", out["alpha"], float)
+    if not 0 <= out["alpha"] < 1:
+        raise ConfigError(f"config key 'alpha': {out['alpha']} is out of range; alpha must lie in [0, 1)")
+    if out["alpha"] != 0 and out["neuron"] != "cuba":
+        raise ConfigError(f"config key 'alpha': {out['alpha']} needs neuron: cuba (neuron is {out['neuron']!r})")
+    if out["recurrent"] and (out["model"] == "lenet" or not out["hidden"]):
+        raise ConfigError("config key 'recurrent': true needs hidden dense layers (model mlp or convnet "
+                          "with a non-empty 'hidden')")
 
 
 def load_yaml(path) -> Dict[str, Any]:
@@ -165,7 +186,8 @@ def resolve(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = No
 
 def model_spec(cfg: Dict[str, Any], input_shape, num_classes: int) -> Dict[str, Any]:
     """The part of the config that rebuilds the network (stored in checkpoints)."""
-    keys = ("model", "hidden", "channels", "pool_input", "bias", "beta", "threshold", "reset")
+    keys = ("model", "hidden", "channels", "pool_input", "bias", "beta", "threshold", "reset", "neuron",
+            "alpha", "recurrent")
     spec = {k: cfg[k] for k in keys}
     spec.update(input_shape=list(input_shape), num_classes=int(num_classes))
     return spec

@@ -33,6 +33,7 @@ from ..core.clipping import adaptive_clip, clip_global_norm
 from ..core.feedback import (
     LayerFeedback,
     avgpool_feedback,
+    cuba_layer_feedback,
     flatten_feedback,
     maxpool_feedback,
     synaptic_layer_feedback,
@@ -48,7 +49,7 @@ from ..core.rules import (
     layer_kinds,
     resolve_rule,
 )
-from ..nn.layers import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d
+from ..nn.layers import AvgPool2d, CubaLIFConv2d, CubaLIFLinear, Flatten, LIFConv2d, LIFLinear, MaxPool2d
 from .distributed import all_reduce_max, env_world
 from .errors import ConfigError
 from .protocol import Batch, StepResult, TrainContext, Trainer
@@ -77,6 +78,16 @@ def _synaptic_feedback(layer, r, record, rule, need_below=True, details=False, *
     )
 
 
+def _cuba_feedback(layer, r, record, rule, need_below=True, details=False, **options):
+    p = layer.cuba_parameters()
+    V, bV = layer.recurrent_parameters()
+    return cuba_layer_feedback(
+        r, record.x, record.membrane, record.spikes, layer.weight, layer.bias, layer.ops,
+        alpha=p.alpha, recurrent_weight=V, recurrent_bias=bV, beta=p.beta, threshold=p.threshold,
+        reset=p.reset, rule=rule, need_below=need_below, details=details, **options,
+    )
+
+
 def _flatten_feedback(layer, r, record, rule=None, need_below=True, details=False, **options):
     below = flatten_feedback(r, record.x.shape[-layer.frame_dims:]) if need_below else None
     return LayerFeedback(None, None, below)
@@ -99,6 +110,8 @@ def _maxpool_feedback(layer, r, record, rule=None, need_below=True, details=Fals
 FEEDBACK: Dict[type, FeedbackEntry] = {
     LIFLinear: FeedbackEntry(_synaptic_feedback, True),   # and ReLULinear, its subclass
     LIFConv2d: FeedbackEntry(_synaptic_feedback, True),
+    CubaLIFLinear: FeedbackEntry(_cuba_feedback, True),   # G of V under "<layer>.recurrent_weight"
+    CubaLIFConv2d: FeedbackEntry(_cuba_feedback, True),
     Flatten: FeedbackEntry(_flatten_feedback, False),
     AvgPool2d: FeedbackEntry(_avgpool_feedback, False),
     MaxPool2d: FeedbackEntry(_maxpool_feedback, False),
@@ -235,7 +248,7 @@ class LFP:
     def backward(self, trace, labels: Tensor, keep_feedback: bool = False) -> LFPResult:
         """Propagate the reward of a forward ``trace`` down the network; returns G per parameter."""
         out = trace.output
-        labels = torch.as_tensor(labels, device=out.device)
+        labels = check_labels(labels, out)
         reward = self.reward_fn(out, labels)
         if not isinstance(reward, Tensor) or reward.shape != out.shape:
             got = tuple(reward.shape) if isinstance(reward, Tensor) else type(reward).__name__
@@ -258,6 +271,10 @@ class LFP:
                 grads[f"{name}.weight"] = res.grad_weight
             if res.grad_bias is not None:
                 grads[f"{name}.bias"] = res.grad_bias
+            for field in ("recurrent_weight", "recurrent_bias"):  # recurrent layers (CUBA feedback)
+                g = getattr(res, f"grad_{field}", None)
+                if g is not None:
+                    grads[f"{name}.{field}"] = g
             r = res.below
         self._check_finite(grads)
         return LFPResult(out, reward, predict(out, trace.membrane), grads, trace,
@@ -294,6 +311,25 @@ class LFP:
                 f"NaN, or stabilize with clip_norm/agc or the 'zplus_zminus' rule"
             )
 
+
+
+def check_labels(labels, out: Tensor) -> Tensor:
+    """Labels as an integer tensor ``[B]`` matching the outputs ``[T, B, C]``; one clear line
+    for an empty batch, non-integer labels or a batch-size mismatch
+    (typically a constant frame passed without ``steps=T``, read as a sequence)."""
+    labels = torch.as_tensor(labels, device=out.device)
+    B = out.shape[1]
+    if labels.numel() == 0:
+        raise ValueError("LFP: the batch is empty; give at least one sample")
+    if labels.is_floating_point():
+        if not torch.equal(labels, labels.round()):
+            raise ValueError(f"LFP: labels must be class indices; got non-integer values such as "
+                             f"{labels[labels != labels.round()][0].item():g}")
+        labels = labels.long()
+    if labels.dim() != 1 or labels.shape[0] != B:
+        raise ValueError(f"LFP: labels must be [B] with B={B}, got shape {tuple(labels.shape)}; a constant "
+                         f"frame [B, ...] needs steps=T (without it the first dimension is read as time)")
+    return labels  # the range is checked by the reward
 
 
 # ----------------------------------------------------------------------------- the trainer

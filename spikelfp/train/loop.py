@@ -20,7 +20,6 @@ on Ctrl-C in the middle of an epoch) replays exactly the batches an uninterrupte
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -39,7 +38,14 @@ from ..core.readout import predict
 from ..data.encoders import encode_batch as encode
 from ..data.registry import DataBundle, build_data, make_loader
 from ..nn.zoo import build_model
-from .checkpoint import atomic_save, atomic_write_text, read_checkpoint, rng_state, set_rng_state
+from .checkpoint import (
+    atomic_save,
+    atomic_write_text,
+    read_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    set_rng_state,
+)
 from .config import ConfigError, model_spec, resolve
 from .distributed import (
     SINGLE,
@@ -53,6 +59,14 @@ from .distributed import (
 )
 from .protocol import Batch, TrainContext
 from .registry import build_trainer
+from .runs import (
+    append_metrics,
+    check_resume,
+    deferred_sigint,
+    new_run_dir,
+    read_yaml_config,
+    truncate_to_checkpoint,
+)
 from .stats import synaptic_records
 
 Tensor = torch.Tensor
@@ -170,46 +184,17 @@ def _progress_enabled(cfg) -> bool:
     return sys.stderr.isatty()
 
 
-def _new_run_dir(cfg) -> Path:
-    root = Path(cfg["out"]).expanduser()
-    if cfg["run_name"]:
-        d = root / cfg["run_name"]
-        if (d / "last.pt").exists():
-            raise ConfigError(f"run folder {str(d)!r} already holds a run; resume it with "
-                              f"--resume {d} or choose another --run-name")
-        return d
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = root / f"{stamp}-{cfg['dataset']}-{cfg['trainer']}"
-    d, k = base, 1
-    while d.exists():
-        d, k = Path(f"{base}-{k}"), k + 1
-    return d
-
-
-def _append_metrics(run_dir: Path, row: Dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    flat = {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in row.items()}
-    path = run_dir / "metrics.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(flat))
-        if new:
-            w.writeheader()
-        w.writerow(flat)
-
-
 def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip, pos,
                  steps_per_epoch, total_epochs, device, dtype, progress, info: DistInfo = SINGLE):
     """One epoch of ``trainer`` steps (skipping the first ``skip`` batches of a resumed epoch);
-    returns the epoch's sums. ``pos`` (``global_step``, ``done``: batches done in this epoch) is
-    updated in place after every step, so an interrupt knows where the run stopped.
+    returns the epoch's sums. ``pos`` (``global_step``, ``done``: batches done in this epoch,
+    ``sums``: the epoch's running sums) is updated in place after every step, so an interrupt
+    saves exactly where the run stopped.
     ``scheduler``: stepped per batch (None if it steps per epoch)."""
     loader = make_loader(data.train, cfg["batch_size"], True, generator=_gen(cfg["seed"], epoch),
                          num_workers=cfg["num_workers"], index=True,
                          part=(lambda b: shard(b, info)) if info.enabled else None)
-    sums: Dict[str, Any] = {"correct": 0, "n": 0, "batches": 0, "objective": {}, "extras": {},
-                            "rates": None}
+    sums = pos["sums"]
     pos["done"] = skip
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", leave=False,
                disable=not progress, total=steps_per_epoch, initial=skip)
@@ -237,6 +222,30 @@ def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip,
     return sums
 
 
+def _new_sums() -> Dict[str, Any]:
+    return {"correct": 0, "n": 0, "batches": 0, "objective": {}, "extras": {}, "rates": None}
+
+
+def _sums_state(sums: Dict[str, Any]) -> Dict[str, Any]:
+    """The epoch's running sums as plain numbers (saved with a mid-epoch checkpoint)."""
+    def num(v):
+        return v.tolist() if hasattr(v, "tolist") else v
+
+    return {"correct": num(sums["correct"]), "n": sums["n"], "batches": sums["batches"],
+            "objective": {k: [num(t), c] for k, (t, c) in sums["objective"].items()},
+            "extras": {k: [num(t), c] for k, (t, c) in sums["extras"].items()},
+            "rates": num(sums["rates"])}
+
+
+def _sums_restore(state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    if not state:
+        return _new_sums()
+    return {"correct": state["correct"], "n": state["n"], "batches": state["batches"],
+            "objective": {k: tuple(v) for k, v in state["objective"].items()},
+            "extras": {k: tuple(v) for k, v in state["extras"].items()},
+            "rates": torch.tensor(state["rates"]) if state["rates"] is not None else None}
+
+
 def _accumulate(sums: Dict[str, Any], out, labels: Tensor) -> None:
     """Add one StepResult to the epoch's sums (tensors: no host sync)."""
     sums["correct"] = sums["correct"] + (out.prediction == labels).sum()
@@ -247,7 +256,7 @@ def _accumulate(sums: Dict[str, Any], out, labels: Tensor) -> None:
     for k, v in (out.extras or {}).items():
         tot, cnt = sums["extras"].get(k, (0.0, 0))
         sums["extras"][k] = (tot + v, cnt + 1)
-    sums["rates"] = out.rates if sums["rates"] is None else sums["rates"] + out.rates
+    sums["rates"] = out.rates if sums["rates"] is None else sums["rates"] + out.rates.to(sums["rates"].device)
 
 
 def _epoch_summary(sums: Dict[str, Any], info: DistInfo = SINGLE) -> Dict[str, Any]:
@@ -284,30 +293,68 @@ def _silent(_: str) -> None:
     pass
 
 
+def _restore(ckpt, net, optimizer, scheduler, trainer):
+    """Load a checkpoint's states; returns (epoch, batch, global step, best, epoch sums)."""
+    net.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler") is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.load_state_dict(ckpt.get("trainer_state") or {})
+    set_rng_state(ckpt["rng"])
+    return (ckpt["epoch"], ckpt.get("batch", 0), ckpt["global_step"], ckpt.get("best", -1.0),
+            ckpt.get("epoch_sums"))
+
+
+def _evaluate_splits(net, val_loader, test_loader, cfg, sequence, device, dtype, progress, info):
+    """val_acc (if there is a validation split), test_acc and the test spike rates."""
+    row: Dict[str, Any] = {}
+    if val_loader is not None:
+        row["val_acc"] = evaluate(net, val_loader, cfg, sequence, device, dtype, progress, "val", info)["acc"]
+    ev = evaluate(net, test_loader, cfg, sequence, device, dtype, progress, "test", info)
+    row["test_acc"], row["spike_rate"] = ev["acc"], ev["spike_rate"]
+    return row
+
+
+def _warn_silent_output(row: Dict[str, Any], echo) -> None:
+    if row["train_spike_rate"] and row["train_spike_rate"][-1] == 0:
+        echo("warning: the output layer did not spike during this epoch: every prediction is a "
+             "tie (a silent net is not a trained one; its reward is no measure of success)")
+
+
 class RunResult(dict):
     """Summary of a finished (or interrupted) run: run_dir, interrupted, last metrics row."""
 
 
+def _absolute_paths(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """data_root and cache_dir as absolute paths, so the stored run works from any folder."""
+    out = dict(cfg)
+    for k in ("data_root", "cache_dir"):
+        if out.get(k):
+            out[k] = str(Path(out[k]).expanduser().resolve())
+    return out
+
+
 def _run_config(cfg, resume, overrides):
     """(resolved config, checkpoint dict or None): a new run's config, or a resumed run's stored
-    config with ``overrides`` applied."""
+    config with ``overrides`` applied (only :data:`runs.MUTABLE_ON_RESUME` may change)."""
     if resume is None:
-        return resolve(None, cfg or {}), None
+        return _absolute_paths(resolve(None, cfg or {})), None
     run_dir = Path(resume)
     if not (run_dir / "last.pt").is_file():
         raise ConfigError(f"--resume {str(run_dir)!r}: no last.pt in that folder")
     ckpt = read_checkpoint(run_dir / "last.pt")
-    cfg = dict(ckpt["config"])
-    cfg.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return resolve(None, cfg), ckpt
+    stored = resolve(None, dict(ckpt["config"]))
+    new = _absolute_paths(resolve(None, {**stored, **{k: v for k, v in (overrides or {}).items()
+                                                      if v is not None}}))
+    check_resume(stored, new, run_dir, read_yaml_config(run_dir))
+    return new, ckpt
 
 
 def _open_run_dir(cfg, info: DistInfo, init: Dict[str, Any]) -> Path:
     """Rank 0 creates the run folder with config.yaml and init.pt; every rank gets its path."""
     run_dir = None
     if info.main:
-        run_dir = _new_run_dir(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = new_run_dir(cfg["out"], cfg["run_name"], f"{cfg['dataset']}-{cfg['trainer']}")
         atomic_write_text(yaml.safe_dump(cfg, sort_keys=True), run_dir / "config.yaml")
         atomic_save(init, run_dir / "init.pt")
     return Path(broadcast_text(str(run_dir) if run_dir else None, info))
@@ -328,6 +375,9 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
     device = device_for(info, resolve_device(cfg["device"]))
     dtype = torch.float64 if cfg["dtype"] == "float64" else torch.float32
     data: DataBundle = data_to_device(build_data(cfg), device)
+    if data.sequence and cfg["encoder"] != "constant":
+        raise ConfigError(f"config key 'encoder': {cfg['encoder']!r} does not apply to {cfg['dataset']!r}, "
+                          f"whose samples are already spike sequences; leave encoder at 'constant'")
     if info.world > len(data.train):
         raise ConfigError(f"{info.world} processes but only {len(data.train)} training samples; "
                           f"use at most {len(data.train)} processes")
@@ -343,23 +393,21 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
     steps_per_epoch = math.ceil(len(data.train) / bs)
     scheduler, per_batch = make_scheduler(dict(cfg, epochs=total_epochs), optimizer, steps_per_epoch)
 
-    start_epoch, start_batch, global_step, best = 0, 0, 0, -1.0
+    start_epoch, start_batch, global_step, best, sums_state = 0, 0, 0, -1.0, None
     if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        trainer.load_state_dict(ckpt.get("trainer_state") or {})
-        start_epoch, start_batch = ckpt["epoch"], ckpt.get("batch", 0)
-        global_step, best = ckpt["global_step"], ckpt.get("best", -1.0)
-        set_rng_state(ckpt["rng"])
+        start_epoch, start_batch, global_step, best, sums_state = _restore(
+            ckpt, net, optimizer, scheduler, trainer)
+        if info.main:  # what a killed run wrote after its checkpoint goes; config.yaml stays true
+            remove_stale_temporaries(run_dir)
+            truncate_to_checkpoint(run_dir, start_epoch, global_step)
+            atomic_write_text(yaml.safe_dump(cfg, sort_keys=True), run_dir / "config.yaml")
     else:
         run_dir = _open_run_dir(cfg, info, {"model": net.state_dict(), "model_spec": spec, "config": cfg})
     if not info.main:
         echo = _silent  # rank 0 alone prints
 
     progress = _progress_enabled(cfg)
-    select = "val_acc" if data.val is not None else "train_acc"
+    select = "val_acc" if data.val is not None else None  # never selected on the test set
     part = (lambda b: shard(b, info)) if info.enabled else None  # sharded evaluation
     val_loader = make_loader(data.val, bs * 4, False, part=part) if data.val is not None else None
     test_loader = make_loader(data.test, bs * 4, False, part=part)
@@ -374,17 +422,21 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "trainer_state": trainer.state_dict(), "epoch": epoch_done, "batch": batch_done,
                      "global_step": pos["global_step"],
+                     "epoch_sums": _sums_state(pos["sums"]) if batch_done else None,
                      "best": best, "rng": rng_state()}, run_dir / name)
 
     row: Dict[str, Any] = {}
     epoch = start_epoch
-    pos = {"global_step": global_step, "done": start_batch}  # where the run is
+    pos = {"global_step": global_step, "done": start_batch,  # where the run is
+           "sums": _sums_restore(sums_state)}
     try:
         for epoch in range(start_epoch, total_epochs):
             t0 = time.perf_counter()
             net.train()
             trainer.begin_epoch(epoch)
             skip = start_batch if epoch == start_epoch else 0
+            if not skip:
+                pos["sums"] = _new_sums()
             sums = _train_epoch(
                 trainer, optimizer, scheduler if per_batch else None, data, cfg, run_dir, epoch,
                 skip, pos, steps_per_epoch, total_epochs, device, dtype, progress and info.main, info)
@@ -393,30 +445,33 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
             train_time = time.perf_counter() - t0
             net.eval()
             row = {"epoch": epoch + 1, **_epoch_summary(sums, info)}
-            if val_loader is not None:
-                ev = evaluate(net, val_loader, cfg, data.sequence, device, dtype, progress, "val", info)
-                row["val_acc"] = ev["acc"]
-            ev = evaluate(net, test_loader, cfg, data.sequence, device, dtype, progress, "test", info)
-            row["test_acc"] = ev["acc"]
-            row["spike_rate"] = ev["spike_rate"]
+            row.update(_evaluate_splits(net, val_loader, test_loader, cfg, data.sequence, device, dtype,
+                                        progress and info.main, info))
             row["lr"] = optimizer.param_groups[0]["lr"]
             row["epoch_seconds"] = train_time
             row["wall_seconds"] = time.perf_counter() - t0
-            if info.main:
-                _append_metrics(run_dir, row)
-            improved = row[select] > best
-            if improved:
-                best = row[select]
-            checkpoint(epoch + 1, 0)
-            if improved:
-                checkpoint(epoch + 1, 0, "best.pt")
-            if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0:
-                checkpoint(epoch + 1, 0, f"epoch_{epoch + 1:03d}.pt")
+            # metrics row and checkpoints as one unit: a Ctrl-C here waits until all are written
+            with deferred_sigint():
+                if info.main:
+                    append_metrics(run_dir, row)
+                improved = select is None or row[select] > best
+                best = row[select] if select and improved else best
+                pos["done"] = 0
+                names = ["last.pt"] + ["best.pt"] * improved + [
+                    f"epoch_{epoch + 1:03d}.pt"] * bool(cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0)
+                for name in names:
+                    checkpoint(epoch + 1, 0, name)
             echo(_epoch_line(row, total_epochs, train_time))
+            _warn_silent_output(row, echo)
     except KeyboardInterrupt:
-        checkpoint(epoch, pos["done"])
+        with deferred_sigint(reraise=False):  # a second Ctrl-C must not lose the checkpoint
+            checkpoint(epoch, pos["done"])
         echo(f"interrupted in epoch {epoch + 1} after {pos['done']} batches; saved {run_dir / 'last.pt'}; "
              f"continue with: spikelfp train --resume {run_dir}")
         return RunResult(run_dir=run_dir, interrupted=True, metrics=row, config=cfg)
-    echo(f"done: {run_dir} (best {select} {best:.4f}; checkpoints last.pt, best.pt)")
+    chosen = f"best {select} {best:.4f}" if select else "no validation split: best.pt is the last epoch"
+    echo(f"done: {run_dir} ({chosen}; checkpoints last.pt, best.pt)")
+    if cfg["reset"] == "subtract":
+        echo("note: reset 'subtract' has no NIR 1.0 / Loihi equivalent; train with --reset zero "
+             "for a network that `spikelfp export` writes exactly")
     return RunResult(run_dir=run_dir, interrupted=False, metrics=row, config=cfg)

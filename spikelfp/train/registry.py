@@ -14,6 +14,7 @@ help text all come from here. The keys of every registered trainer are valid in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -27,7 +28,8 @@ class Option:
     """One config key owned by a trainer.
 
     ``kind``: int, float, str or bool; ``choices``: allowed values (None may be one of them);
-    ``minimum`` / ``strict``: lower bound (strict: excluded); ``nullable``: None is allowed;
+    ``minimum`` / ``strict``: lower bound (strict: excluded); ``maximum``: upper bound (included);
+    floats must be finite; ``nullable``: None is allowed;
     ``check``: a function ``value -> value`` raising :class:`ConfigError` (for anything else);
     ``flag``: the CLI flag (default ``--`` + key with ``-``); ``nargs`` for list values.
     """
@@ -39,6 +41,7 @@ class Option:
     choices: Optional[Tuple[Any, ...]] = None
     minimum: Optional[float] = None
     strict: bool = False
+    maximum: Optional[float] = None
     nullable: bool = False
     check: Optional[Callable[[Any], Any]] = None
     flag: Optional[str] = None
@@ -67,11 +70,15 @@ class Option:
                 raise ConfigError(f"config key {k!r}: {value!r} is not a number")
             if self.kind is int and float(value) != int(value):
                 raise ConfigError(f"config key {k!r}: {value!r} must be an integer")
+            if not math.isfinite(value):
+                raise ConfigError(f"config key {k!r}: {value} is not a finite number")
             value = self.kind(value)
-            lo = self.minimum
+            lo, hi = self.minimum, self.maximum
             if lo is not None and (value < lo or (self.strict and value == lo)):
                 bound = f"{'>' if self.strict else '>='} {lo}" + (" (or null)" if self.nullable else "")
                 raise ConfigError(f"config key {k!r}: {value} is out of range; it must be {bound}")
+            if hi is not None and value > hi:
+                raise ConfigError(f"config key {k!r}: {value} is out of range; it must be <= {hi:g}")
             return value
         if self.kind is str and not isinstance(value, str):
             raise ConfigError(f"config key {k!r}: {value!r} must be a string")
