@@ -90,12 +90,8 @@ def average_gradients(params: Iterable[torch.nn.Parameter], n_local: int, info: 
         return
     params = [p for p in params if p.requires_grad]
     ref = params[0]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(ref.dtype)
-                      for p in params] + [ref.new_tensor([1.0])])
-    flat.mul_(n_local)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    total = flat[-1]
-    flat = flat[:-1] / total
+    flat = weighted_mean(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p))
+                                    .reshape(-1).to(ref.dtype) for p in params]), n_local)
     offset = 0
     for p in params:
         k = p.numel()
@@ -105,6 +101,17 @@ def average_gradients(params: Iterable[torch.nn.Parameter], n_local: int, info: 
             p.grad = g.clone()
         else:
             p.grad.copy_(g)
+
+
+def weighted_mean(values: Tensor, n_local: int) -> Tensor:
+    """The mean over the global batch of per-process batch means ``values`` (a flat tensor):
+    ``sum_r n_r values_r / sum_r n_r`` in ONE all-reduce (the count rides along as one more
+    element). Identity on one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    flat = torch.cat([values.reshape(-1), values.new_ones(1)]).mul_(n_local)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return flat[:-1] / flat[-1]
 
 
 def all_reduce_max(t: Tensor) -> Tensor:
