@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from spikelfp.train.checkpoint import load_checkpoint
 
-FORMATS = ("nir", "hdf5")
+FORMATS = ("nir", "hdf5", "netx")
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,6 +48,12 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=("avg", "sum"), default="avg",
                    help="NIR only: AvgPool2d nodes (snnTorch) or SumPool2d with 1/(k*k) folded "
                         "into the next weights (Norse, Sinabs)")
+    p.add_argument("--input-mode", dest="input_mode", choices=("binary", "graded"), default=None,
+                   help="netx only: how the input reaches the chip (default: graded for the "
+                        "constant encoder and event counts, binary for spike encoders)")
+    p.add_argument("--input-scale", dest="input_scale", type=float, default=None,
+                   help="netx only: graded payload = round(x * scale) (default 8 for the "
+                        "constant encoder, 1 for event counts)")
     p.set_defaults(func=run_export)
     return p
 
@@ -111,7 +117,9 @@ def export_checkpoint(args) -> Dict[str, Any]:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if args.format == "nir":
+        if args.format == "netx":
+            _write_netx(args, net, input_shape, steps, encoding, cfg, meta)
+        elif args.format == "nir":
             write_nir(net, args.out, input_shape, dt, force=bool(args.force),
                       allow_reset_mismatch=bool(args.allow_reset_mismatch), pooling=args.pooling,
                       time_steps=steps, input_encoding=encoding, metadata=meta)
@@ -121,7 +129,14 @@ def export_checkpoint(args) -> Dict[str, Any]:
     notes = [str(w.message).splitlines()[0] for w in caught]
     summary: Dict[str, Any] = {"out": str(args.out), "format": args.format, "notes": notes,
                                "layers": len(list(net)), "dt": dt, "steps": steps}
-    if args.verify:
+    if args.verify and args.format == "netx":
+        from .loihi_sim import verify_netx
+        from .netx_export import read_netx
+
+        summary["verify"] = verify_netx(net, read_netx(args.out), steps=steps or 25, batch=32,
+                                        seed=0)
+        summary["verify_expected_exact"] = False
+    elif args.verify:
         if input_shape is None:
             from ._common import infer_input_shape
 
@@ -140,6 +155,30 @@ def export_checkpoint(args) -> Dict[str, Any]:
     return summary
 
 
+def netx_input_mode(encoding, cfg: Dict[str, Any]) -> Tuple[str, Optional[float]]:
+    """How each encoder reaches Loihi: spike encoders (poisson, latency, delta) and binary
+    event frames as binary spikes; the constant encoder as graded spikes round(x * 8); event
+    counts as graded spikes (the count itself, scale 1)."""
+    dataset = str(cfg.get("dataset") or "")
+    if dataset not in ("", "digits", "mnist", "fashion_mnist"):  # event data: frames of counts
+        return ("binary", None) if cfg.get("event_binary") else ("graded", 1.0)
+    if encoding in ("poisson", "latency", "delta"):
+        return "binary", None
+    return "graded", 8.0
+
+
+def _write_netx(args, net, input_shape, steps, encoding, cfg, meta) -> None:
+    """The netx branch of :func:`export_checkpoint`: the input mode, then quantize and write."""
+    from .netx_export import write_netx
+
+    mode, scale = netx_input_mode(encoding, cfg)
+    mode = args.input_mode or mode
+    scale = args.input_scale if args.input_scale is not None else (
+        scale if mode == "graded" else None)
+    write_netx(net, args.out, input_shape, input_mode=mode, input_scale=scale,
+               time_steps=steps, input_encoding=encoding, force=bool(args.force), metadata=meta)
+
+
 def run_export(args) -> int:
     """Handler of ``spikelfp export``: 0 on success, 2 on bad input (one line on stderr), 1 when
     ``--verify`` finds that an export expected to be exact is not."""
@@ -156,6 +195,13 @@ def run_export(args) -> int:
           + (f", T={s['steps']}" if s["steps"] else "") + ")")
     if "verify" in s:
         v = s["verify"]
+        if s["format"] == "netx":
+            print(f"verify: Loihi simulation of the file vs the float network: spike agreement "
+                  f"{v['agreement']:.6f} ({v['mismatched']} of {v['total']} entries differ), "
+                  f"spike counts {v['spikes_reference']:.0f} vs {v['spikes_candidate']:.0f}, "
+                  f"prediction agreement {v['prediction_agreement']:.4f}"
+                  + (" [identical]" if v["identical"] else " (quantization)"))
+            return 0
         print(f"verify: spike agreement {v['agreement']:.6f} ({v['mismatched']} of {v['total']} "
               f"entries differ), spike counts {v['spikes_reference']:.0f} vs "
               f"{v['spikes_candidate']:.0f}, prediction agreement {v['prediction_agreement']:.4f}; "
