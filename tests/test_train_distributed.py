@@ -16,7 +16,8 @@ from spikelfp.nn.zoo import build_model
 from spikelfp.train import train
 
 BASE = {"epochs": 3, "limit": 96, "steps": 6, "hidden": [16], "batch_size": 32, "progress": "off",
-        "log_updates_every": 0, "dtype": "float64", "device": "cpu", "val_fraction": 0.0}
+        "log_updates_every": 0, "dtype": "float64", "device": "cpu", "val_fraction": 0.0,
+        "lfp_norm_sync": "global"}
 
 # One torchrun launch runs every distributed case in the same process group.
 DRIVER = textwrap.dedent('''
@@ -123,6 +124,7 @@ def test_per_process_normalization_equals_half_batches(dist_runs):
 def test_killed_rank_resumes_to_the_uninterrupted_result(dist_runs, tmp_path):
     args = ["train", "--epochs", "3", "--limit", "96", "--steps", "6", "--hidden", "16", "--batch-size",
             "32", "--progress", "off", "--dtype", "float64", "--device", "cpu", "--val-fraction", "0",
+            "--lfp-norm-sync", "global",
             "--out", str(tmp_path), "--run-name", "k"]
     r = _torchrun(tmp_path, KILLER, args, check=False)
     assert r.returncode != 0

@@ -372,8 +372,9 @@ OPTIONS = (
            nullable=True),
     Option("agc", None, "adaptive gradient clipping factor", kind=float, minimum=0.0, strict=True,
            nullable=True),
-    Option("lfp_norm_sync", "global", "data-parallel max-abs normalization: global (all-reduce each "
-           "batch max: the single-process update) | local (each process normalizes its shard)",
+    Option("lfp_norm_sync", "local", "data-parallel max-abs normalization: local (each process "
+           "normalizes its shard; default, measured faster at equal accuracy) | global (all-reduce "
+           "each batch max: exactly the single-process update)",
            choices=("global", "local")),
 )
 
