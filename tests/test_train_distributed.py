@@ -31,6 +31,7 @@ DRIVER = textwrap.dedent('''
     train(dict(base, trainer="lfp", out=out, run_name="lfp"), echo=print)
     train(dict(base, trainer="surrogate", encoder="constant", out=out, run_name="sg"), echo=print)
     train(dict(base, trainer="ffzero", ff_directions=8, out=out, run_name="ff"), echo=print)
+    train(dict(base, trainer="f3", out=out, run_name="f3"), echo=print)
     # one LFP step with per-process normalization on a fixed global batch of 8
     info = setup("cpu")
     torch.manual_seed(0)
@@ -88,9 +89,10 @@ def dist_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("trainer,run,extra", [("lfp", "lfp", {}), ("surrogate", "sg", {}),
-                                               ("ffzero", "ff", {"ff_directions": 8})])
+                                               ("ffzero", "ff", {"ff_directions": 8}), ("f3", "f3", {})])
 def test_two_processes_equal_one_on_the_global_batch(dist_runs, tmp_path, trainer, run, extra):
-    """LFP and surrogate: grads all-reduced; FFzero: only its 2K losses per layer."""
+    """LFP, surrogate, F3: grads all-reduced (F3: its error-store rows all-gathered); FFzero: only
+    its 2K losses per layer."""
     one = train(dict(BASE, trainer=trainer, encoder="constant", out=str(tmp_path), run_name="one", **extra),
                 echo=lambda s: None)
     a, b = _state(one["run_dir"]), _state(dist_runs / "d" / run)

@@ -114,6 +114,30 @@ def weighted_mean(values: Tensor, n_local: int) -> Tensor:
     return flat[:-1] / flat[-1]
 
 
+def all_gather_rows(index: Tensor, rows: Tensor):
+    """Every process's ``(index [n_r], rows [n_r, ...])``, concatenated (identity on one process):
+    per-sample state such as F3's error store stays the same on every process. The chunks may
+    differ in size (padded with index -1, dropped)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return index, rows
+    w = dist.get_world_size()
+    n = torch.tensor([index.numel()], device=index.device)
+    sizes = [torch.zeros_like(n) for _ in range(w)]
+    dist.all_gather(sizes, n)
+    m = int(max(s.item() for s in sizes))
+    pad_i = torch.full((m,), -1, dtype=index.dtype, device=index.device)
+    pad_i[: index.numel()] = index
+    pad_r = rows.new_zeros((m, *rows.shape[1:]))
+    pad_r[: rows.shape[0]] = rows
+    all_i = [torch.empty_like(pad_i) for _ in range(w)]
+    all_r = [torch.empty_like(pad_r) for _ in range(w)]
+    dist.all_gather(all_i, pad_i)
+    dist.all_gather(all_r, pad_r)
+    i, r = torch.cat(all_i), torch.cat(all_r)
+    keep = i >= 0
+    return i[keep], r[keep]
+
+
 def all_reduce_max(t: Tensor) -> Tensor:
     """The maximum of ``t`` over all processes (identity on one process)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
