@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from spikelfp.nn import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d, ReLULinear
+from spikelfp.nn.layers import CubaLIFConv2d, CubaLIFLinear
 from spikelfp.train.checkpoint import file_mode
 
 PathLike = Union[str, os.PathLike]
@@ -29,13 +30,17 @@ class ResetMismatchWarning(UserWarning):
     """An export was written although the target format simulates a different reset."""
 
 
+#: Layer kinds with synapses and spiking neurons (CUBA / recurrent ones are "cuba_*").
+SYNAPTIC_KINDS = ("dense", "conv", "cuba_dense", "cuba_conv")
+
+
 @dataclass
 class LayerInfo:
     """One layer of a network with the per-sample shapes around it."""
 
     index: int
     layer: torch.nn.Module
-    kind: str  # "dense" | "conv" | "avgpool" | "maxpool" | "flatten"
+    kind: str  # "dense" | "conv" | "cuba_dense" | "cuba_conv" | "avgpool" | "maxpool" | "flatten"
     in_shape: Tuple[int, ...]
     out_shape: Tuple[int, ...]
 
@@ -45,6 +50,10 @@ def _kind(layer) -> str:
     if isinstance(layer, ReLULinear) or (getattr(layer, "kind", "") == "synaptic"
                                          and not getattr(layer, "spiking", True)):
         return "relu"
+    if isinstance(layer, CubaLIFLinear):  # a synaptic current and/or recurrent weights
+        return "cuba_dense"
+    if isinstance(layer, CubaLIFConv2d):
+        return "cuba_conv"
     if isinstance(layer, LIFLinear):
         return "dense"
     if isinstance(layer, LIFConv2d):
@@ -61,7 +70,7 @@ def _kind(layer) -> str:
 def infer_input_shape(network) -> Tuple[int, ...]:
     """The per-sample input shape when the network itself determines it (first layer dense)."""
     layers = list(network)
-    if layers and _kind(layers[0]) == "dense":
+    if layers and _kind(layers[0]) in ("dense", "cuba_dense"):
         return (int(layers[0].in_features),)
     raise ValueError(
         "input_shape is required for a network that does not start with a LIFLinear layer "
@@ -87,6 +96,8 @@ def describe_network(network, input_shape: Optional[Sequence[int]],
                 "relu": "a non-spiking ReLU layer has no spiking neuron to map",
                 "maxpool": "max pooling of spikes has no node in NIR 1.0",
                 "unknown": "it is not a spikelfp layer",
+                "cuba_dense": "its synaptic current / recurrent weights have no equivalent there",
+                "cuba_conv": "its synaptic current has no equivalent there",
             }.get(kind, "the format has no equivalent")
             raise ValueError(
                 f"layer {i} ({type(layer).__name__}) cannot be exported to {target}: {why}"
@@ -102,7 +113,7 @@ def describe_network(network, input_shape: Optional[Sequence[int]],
             x = torch.zeros((1, *shape), dtype=dtype, device=device)
             kind = _kind(layer)
             try:
-                y = layer.current(x) if kind in ("dense", "conv") else layer.run(x)[0]
+                y = layer.current(x) if kind in SYNAPTIC_KINDS else layer.run(x)[0]
             except (ValueError, RuntimeError) as err:
                 raise ValueError(
                     f"layer {i} ({type(layer).__name__}) does not accept the per-sample shape "

@@ -29,6 +29,7 @@ from spikelfp.nn import AvgPool2d, Flatten, LIFConv2d, LIFLinear, Sequential
 
 from ._common import (
     DEFAULT_DT,
+    SYNAPTIC_KINDS,
     PathLike,
     ResetMismatchError,
     ResetMismatchWarning,
@@ -44,7 +45,7 @@ from ._common import (
     torch_dtype,
 )
 
-NIR_SUPPORTED = ("dense", "conv", "avgpool", "flatten")
+NIR_SUPPORTED = ("dense", "conv", "cuba_dense", "cuba_conv", "avgpool", "flatten")
 POOLINGS = ("avg", "sum")
 
 RESET_NOTE = (
@@ -73,7 +74,7 @@ def _check_dt(dt) -> float:
 
 def _reset_check(infos, allow_reset_mismatch: bool) -> List[int]:
     subtract = [info.index for info in infos
-                if info.kind in ("dense", "conv") and info.layer.reset == "subtract"]
+                if info.kind in SYNAPTIC_KINDS and info.layer.reset == "subtract"]
     if subtract and not allow_reset_mismatch:
         raise ResetMismatchError(
             f"layer(s) {subtract} use reset='subtract', which NIR 1.0 cannot express (its "
@@ -104,8 +105,26 @@ def _neuron_node(nir, info, dt: float, mismatch: bool):
             f"no single node for that (IF needs beta == 1 everywhere, LIF needs beta < 1)"
         )
     tau = dt / (1.0 - beta)
+    alpha = _synaptic_decay(layer, shape)
+    if alpha is not None:
+        # NIR CubaLIF, forward Euler: i <- (1 - dt/tau_syn) i + (dt/tau_syn) w_in I and
+        # v <- (1 - dt/tau_mem) v + (dt/tau_mem) r i; tau_syn = dt/(1 - alpha), w_in = tau_syn/dt,
+        # r = tau_mem/dt give i <- alpha i + I, v <- beta v + i (spikelfp's CUBA neuron).
+        meta["spikelfp_alpha"] = alpha.copy()
+        tau_syn = dt / (1.0 - alpha)
+        return nir.CubaLIF(tau_syn=tau_syn, tau_mem=tau, r=tau / dt, v_leak=np.zeros(shape),
+                           v_threshold=theta, v_reset=np.zeros(shape), w_in=tau_syn / dt,
+                           metadata=meta)
     return nir.LIF(tau=tau, r=tau / dt, v_leak=np.zeros(shape), v_threshold=theta,
                    v_reset=np.zeros(shape), metadata=meta)
+
+
+def _synaptic_decay(layer, shape) -> Optional[np.ndarray]:
+    """alpha of a CUBA layer broadcast to the neuron shape (float64), or None (no current)."""
+    if not hasattr(layer, "synaptic_decay") or layer.synaptic_decay() is None:
+        return None
+    a = layer.synaptic_decay().detach().to("cpu", torch.float64)
+    return torch.broadcast_to(a, tuple(shape)).numpy().copy()
 
 
 def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEFAULT_DT, *,  # noqa: C901
@@ -147,11 +166,12 @@ def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEF
 
     nodes: Dict[str, Any] = {"input": nir.Input(input_type=np.array(infos[0].in_shape))}
     order = ["input"]
+    loops: List[Tuple[str, str]] = []
     pending = 1.0  # 1/(kh*kw) of sum pools still to be folded into the next synapse
     pending_from: Optional[int] = None
     for info in infos:
         layer, i = info.layer, info.index
-        if info.kind in ("dense", "conv"):
+        if info.kind in SYNAPTIC_KINDS:
             w = to_numpy(layer.weight)
             fd = float_dtype(w)
             w = w.astype(fd)
@@ -160,7 +180,7 @@ def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEF
                 pending, pending_from = 1.0, None
             has_bias = layer.bias is not None
             b = (to_numpy(layer.bias).astype(fd) if has_bias else np.zeros(w.shape[0], dtype=fd))
-            if info.kind == "dense":
+            if info.kind in ("dense", "cuba_dense"):
                 syn = (nir.Affine(weight=w, bias=b) if has_bias else nir.Linear(weight=w))
                 syn_name = f"layer{i}_affine" if has_bias else f"layer{i}_linear"
             else:
@@ -174,9 +194,17 @@ def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEF
                 )
                 syn_name = f"layer{i}_conv2d"
             neuron = _neuron_node(nir, info, dt, layer.reset == "subtract")
-            neuron_name = f"layer{i}_{'if' if isinstance(neuron, nir.IF) else 'lif'}"
+            neuron_name = f"layer{i}_{type(neuron).__name__.lower()}"
             nodes[syn_name], nodes[neuron_name] = syn, neuron
             order += [syn_name, neuron_name]
+            V, bV = layer.recurrent_parameters() if hasattr(layer, "recurrent_parameters") else (None, None)
+            if V is not None:  # the loop neuron -> rec_affine -> neuron (input s_{t-1})
+                v = to_numpy(V).astype(fd)
+                bv = to_numpy(bV).astype(fd) if bV is not None else None
+                rec_name = f"layer{i}_rec_{'affine' if bv is not None else 'linear'}"
+                nodes[rec_name] = (nir.Affine(weight=v, bias=bv) if bv is not None
+                                   else nir.Linear(weight=v))
+                loops += [(neuron_name, rec_name), (rec_name, neuron_name)]
         elif info.kind == "avgpool":
             k = np.array(layer.kernel_size, dtype=np.int64)
             s = np.array(layer.stride, dtype=np.int64)
@@ -206,14 +234,16 @@ def to_nir(network, input_shape: Optional[Sequence[int]] = None, dt: float = DEF
         )
     nodes["output"] = nir.Output(output_type=np.array(infos[-1].out_shape))
     order.append("output")
-    edges = [(a, b) for a, b in zip(order[:-1], order[1:])]
+    edges = [(a, b) for a, b in zip(order[:-1], order[1:])] + loops
 
     meta: Dict[str, Any] = {
         "producer": "spikelfp",
         "spikelfp_version": spikelfp_version(),
         "dt": dt,
         "discretization": "forward Euler: tau = dt/(1-beta), r = tau/dt, v_leak = 0 "
-                          "(LIF); r = 1/dt (IF, beta == 1); spike if v > v_threshold",
+                          "(LIF); r = 1/dt (IF, beta == 1); CubaLIF: tau_mem = dt/(1-beta), "
+                          "r = tau_mem/dt, tau_syn = dt/(1-alpha), w_in = tau_syn/dt; "
+                          "spike if v > v_threshold",
         "pooling": pooling,
         "input_shape": np.array(infos[0].in_shape, dtype=np.int64),
     }

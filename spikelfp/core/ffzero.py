@@ -227,9 +227,33 @@ def direction_currents(ops, x: Tensor, u_weight: Tensor, u_bias: Optional[Tensor
                      f"FFzero supports LinearOps and Conv2dOps")
 
 
+def recurrent_direction_currents(spikes: Tensor, u_rec: Tensor, u_rec_bias: Optional[Tensor],
+                                 eps: float) -> Tensor:
+    """The recurrent part of the 2K perturbed currents of a recurrent layer (spec
+    ``lfp-cuba-recurrent.md`` section 4: V and b_V are part of the layer's parameters)::
+
+        dR_{k,t}     = +eps (U_{V,k} s'_{k,t-1}     + u_{bV,k})      k = 1..K   (theta + eps u_k)
+        dR_{K+k,t}   = -eps (U_{V,k} s'_{K+k,t-1}   + u_{bV,k})                 (theta - eps u_k)
+
+    ``spikes`` ``[2K, B, N]`` are the perturbed runs' own spikes of the previous step (zeros at
+    t = 1), ``u_rec`` ``[K, N, N]``, ``u_rec_bias`` ``[K, N]`` or None -> ``[2K, B, N]``, in one
+    batched matmul. (The unperturbed part V s' + b_V is the layer's own step.)"""
+    K = u_rec.shape[0]
+    U = torch.cat([u_rec, -u_rec]).transpose(1, 2)                     # [2K, N_in, N_out]
+    s = spikes.to(u_rec.dtype)
+    if u_rec_bias is None:
+        out = torch.bmm(s, U)
+    else:
+        bias = torch.cat([u_rec_bias, -u_rec_bias]).unsqueeze(1)       # [2K, 1, N]
+        out = torch.baddbmm(bias, s, U)
+    if out.shape[0] != 2 * K:
+        raise ValueError(f"recurrent_direction_currents: spikes {tuple(spikes.shape)} need 2K = {2 * K} runs")
+    return out.mul_(eps)
+
+
 __all__ = [
     "mix_seed", "direction_seed", "prototype_seed", "simplex_prototypes", "haar_frame",
     "haar_orthogonal", "layer_prototypes", "cosine_scores", "margin_loss", "prototype_predict",
     "sample_directions", "direction_coefficients", "combine_directions", "estimate_improvement",
-    "direction_currents", "lif_step_",
+    "direction_currents", "lif_step_", "recurrent_direction_currents",
 ]

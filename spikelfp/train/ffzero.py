@@ -17,6 +17,18 @@ the unperturbed current plus eps times the K direction currents (one batched mat
 convolution per step; for a constant input the first layer's currents are computed once). Only
 per-neuron sums over t are kept. No autograd.
 
+CUBA and recurrent layers (``CubaLIFLinear`` / ``CubaLIFConv2d``, spec ``lfp-cuba-recurrent.md``
+section 4): theta_l = (W, b, V, b_V) (those the layer has); the directions u_k span all of them
+(unit length jointly), and the 2K perturbed runs step the layer's own CUBA equations
+(:func:`spikelfp.core.cuba.cuba_step`: their own synaptic currents i'_t and, for a recurrent
+layer, their own spikes s'_{t-1} through V)::
+
+    i'_{k,t} = alpha i'_{k,t-1} + [(W x_t + b) +/- eps (U_k x_t + u_{b,k}) +/- eps (U_{V,k} s'_{k,t-1} + u_{bV,k})]
+               + (V s'_{k,t-1} + b_V)
+
+(the direction parts in one batched matmul each, :func:`direction_currents` and
+:func:`recurrent_direction_currents`). With eps = 0 every perturbed run is the unperturbed layer.
+
 Forward evaluations per step (in units of one layer's forward over T): one network forward plus
 2K per trained layer.
 
@@ -26,7 +38,7 @@ Schedules: ``simultaneous`` (every layer every batch) and ``sequential`` (layer 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -40,8 +52,10 @@ from ..core.ffzero import (
     lif_step_,
     margin_loss,
     prototype_seed,
+    recurrent_direction_currents,
     sample_directions,
 )
+from ..core.cuba import cuba_step
 from ..core.readout import predict
 from ..core.synapse import Conv2dOps, LinearOps
 from .distributed import weighted_mean
@@ -99,6 +113,17 @@ def layer_widths(net: nn.Module, input_shape) -> List[int]:
             if getattr(m, "kind", "") == "synaptic"]
 
 
+def layer_parameters(module: nn.Module) -> List[Tuple[str, Optional[Tensor]]]:
+    """theta_l of a synaptic layer as ``[(name, parameter or None), ...]``: weight, bias and,
+    for a recurrent layer, recurrent_weight, recurrent_bias (V, b_V)."""
+    out = [("weight", module.weight), ("bias", module.bias)]
+    if getattr(module, "recurrent_parameters", None) is not None:
+        V, bV = module.recurrent_parameters()
+        if V is not None:
+            out += [("recurrent_weight", V), ("recurrent_bias", bV)]
+    return out
+
+
 def check_ffzero(cfg: Dict[str, Any], net: nn.Module, context: TrainContext) -> None:
     """Refuse (one line) a network FFzero cannot train."""
     C = int(context.num_classes)
@@ -109,14 +134,10 @@ def check_ffzero(cfg: Dict[str, Any], net: nn.Module, context: TrainContext) -> 
     if not layers:
         raise ConfigError("trainer 'ffzero': the network has no synaptic layer to train")
     for _i, n, m in layers:
-        if hasattr(m, "synaptic_decay"):
-            raise ConfigError(f"trainer 'ffzero': layer {n!r} ({type(m).__name__}) has a synaptic "
-                              f"current or recurrent weights, which ffzero does not train yet; use "
-                              f"neuron: lif without recurrent, or another trainer")
         if not getattr(m, "spiking", False) or not isinstance(getattr(m, "ops", None),
                                                              (LinearOps, Conv2dOps)):
             raise ConfigError(f"trainer 'ffzero': layer {n!r} ({type(m).__name__}) is not a spiking "
-                              f"LIFLinear/LIFConv2d layer; ffzero trains only those")
+                              f"(CUBA) LIFLinear/LIFConv2d layer; ffzero trains only those")
     try:
         widths = layer_widths(net, context.input_shape)
     except (RuntimeError, ValueError) as e:
@@ -209,13 +230,17 @@ class FFzeroTrainer(Trainer):
 
     # ------------------------------------------------------------------ the step
     def directions(self, layer: SynapticLayer, global_step: int) -> List[Optional[Tensor]]:
-        """The K unit directions of ``layer`` at ``global_step`` (weight and bias parts)."""
-        w, b = layer.module.weight, layer.module.bias
+        """The K unit directions of ``layer`` at ``global_step``, one ``[K, *shape]`` part per
+        parameter of :func:`layer_parameters` (None where the layer has no such parameter):
+        ``[u_weight, u_bias]``, and for a recurrent layer ``[..., u_recurrent_weight,
+        u_recurrent_bias]``; unit length jointly over all parts."""
+        params = layer_parameters(layer.module)
+        w = params[0][1]
         gen = torch.Generator(device=w.device).manual_seed(
             direction_seed(self.seed, global_step, layer.number))
-        shapes = [tuple(w.shape)] + ([tuple(b.shape)] if b is not None else [])
-        u = sample_directions(self.K, shapes, gen, dtype=w.dtype, device=w.device)
-        return u if b is not None else [u[0], None]
+        present = [tuple(p.shape) for _n, p in params if p is not None]
+        u = iter(sample_directions(self.K, present, gen, dtype=w.dtype, device=w.device))
+        return [next(u) if p is not None else None for _n, p in params]
 
     @torch.no_grad()
     def forward(self, batch: Batch) -> FFzeroForward:
@@ -238,7 +263,8 @@ class FFzeroTrainer(Trainer):
         for recs in self.net.stream(x, steps):
             for n, s in enumerate(self.layers):
                 rec = recs[s.index]
-                spike_sum[n] = rec.spikes.clone() if spike_sum[n] is None else spike_sum[n].add_(rec.spikes)
+                spk = rec.spikes.to(rec.membrane.dtype)  # spike records may be compact (bool)
+                spike_sum[n] = spk.clone() if spike_sum[n] is None else spike_sum[n].add_(spk)
                 if use_membrane[n] or s.number == L:
                     mem_sum[n] = rec.membrane.clone() if mem_sum[n] is None else mem_sum[n].add_(rec.membrane)
                 if s.number not in trained:
@@ -250,12 +276,15 @@ class FFzeroTrainer(Trainer):
                     cur = self._perturbed_current(s.module, rec.x, dirs[j], eps)
                     if steps is not None and s.index == first:
                         const_current[j] = cur  # constant input: the same currents at every t
-                p = s.module.neuron_parameters()
                 first_step = j not in pert_state
-                if first_step:  # [2K, B, *out] membrane and spikes, updated in place
-                    pert_state[j] = (torch.empty_like(cur), torch.empty_like(cur))
-                v, sp = pert_state[j]
-                lif_step_(cur, v, sp, p.beta, p.threshold, p.reset, first=first_step)
+                if hasattr(s.module, "synaptic_decay"):  # CUBA / recurrent: the layer's own step
+                    v, sp = self._cuba_step(s.module, cur, pert_state, j, dirs[j], eps)
+                else:
+                    p = s.module.neuron_parameters()
+                    if first_step:  # [2K, B, *out] membrane and spikes, updated in place
+                        pert_state[j] = (torch.empty_like(cur), torch.empty_like(cur))
+                    v, sp = pert_state[j]
+                    lif_step_(cur, v, sp, p.beta, p.threshold, p.reset, first=first_step)
                 rep = v if use_membrane[n] else sp
                 if first_step:
                     pert_sum[j] = rep.clone()
@@ -298,6 +327,23 @@ class FFzeroTrainer(Trainer):
         d = direction_currents(layer.ops, x_t, dirs[0], dirs[1]).mul_(eps)
         return torch.cat([i_t.unsqueeze(0) + d, i_t.unsqueeze(0) - d])
 
+    @staticmethod
+    def _cuba_step(layer: nn.Module, cur: Tensor, pert_state: Dict[int, Any], j: int,
+                   dirs: List[Optional[Tensor]], eps: float):
+        """One step of the 2K perturbed runs of a CUBA / recurrent layer (state in
+        ``pert_state[j]``, a :class:`~spikelfp.core.cuba.CubaState` ``[2K, B, *out]``): the
+        recurrent direction currents from the runs' own previous spikes are added to the
+        feed-forward ``cur``, then the layer's CUBA step. Returns (membrane, spikes)."""
+        beta, theta, reset, alpha = layer.cuba_parameters()
+        V, bV = layer.recurrent_parameters()
+        state = pert_state.get(j)
+        if V is not None:
+            prev = state.spikes if state is not None else torch.zeros_like(cur)
+            cur = cur + recurrent_direction_currents(prev, dirs[2], dirs[3], eps)
+        state = cuba_step(cur, state, alpha, beta, theta, reset, V, bV)
+        pert_state[j] = state
+        return state.membrane, state.spikes.to(cur.dtype)
+
     @torch.no_grad()
     def apply_losses(self, losses: Dict[int, Tensor],
                      directions: Dict[int, List[Optional[Tensor]]]) -> Dict[str, Tensor]:
@@ -308,8 +354,7 @@ class FFzeroTrainer(Trainer):
         grads: Dict[str, Tensor] = {}
         for j, loss in losses.items():
             s = self.layers[j - 1]
-            params = [("weight", s.module.weight)] + (
-                [("bias", s.module.bias)] if s.module.bias is not None else [])
+            params = [(n, p) for n, p in layer_parameters(s.module) if p is not None]
             us = [u for u in directions[j] if u is not None]
             for (pname, prm), g in zip(params, estimate_improvement(loss, us, self.eps)):
                 prm.grad = (-g).to(prm.dtype)
