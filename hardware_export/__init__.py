@@ -22,11 +22,11 @@ from .hdf5_export import FORMAT_VERSION, read_hdf5, read_hdf5_metadata, write_hd
 from .loihi_sim import simulate as simulate_netx
 from .netx_export import NetxNetwork, quantize_network, read_netx, write_netx
 from .nir_export import from_nir, to_nir, write_nir
-from .verify import compare_networks, random_inputs, spike_agreement
+from .verify import compare_networks, nir_roundtrip_agreement, random_inputs, spike_agreement
 
 __all__ = [
     "DEFAULT_DT", "FORMAT_VERSION", "NetxNetwork", "ResetMismatchError", "ResetMismatchWarning",
-    "compare_networks", "from_nir", "quantize_network", "random_inputs", "read_hdf5",
+    "compare_networks", "from_nir", "nir_roundtrip_agreement", "quantize_network", "random_inputs", "read_hdf5",
     "read_hdf5_metadata", "read_netx", "simulate_netx", "spike_agreement", "to_nir",
     "write_hdf5", "write_netx", "write_nir",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Sequence, Union
 
 import torch
+
+from .nir_export import from_nir, to_nir
 
 Tensor = torch.Tensor
 
@@ -88,3 +91,23 @@ def compare_networks(reference, candidate, input_shape: Sequence[int], steps: in
     res["scale"] = used
     res["output_rate"] = float(a.float().mean())
     return res
+
+
+def nir_roundtrip_agreement(net, input_shape, steps: int) -> dict:
+    """The exported-network agreement ``spikelfp compare`` reports: ``net`` -> NIR -> spikelfp, output
+    spikes of both on the random inputs of ``spikelfp export --verify`` (32 samples, T = ``steps``).
+    ``applies`` False (with the one-line reason) for a net NIR 1.0 cannot express exactly (reset
+    "subtract", ...)."""
+    if any(getattr(m, "reset", None) == "subtract" for m in net):
+        return {"applies": False, "reason": "NIR 1.0 has no reset 'subtract' (train with reset 'zero' "
+                                            "for an exact export)"}
+    try:
+        graph = to_nir(net, tuple(input_shape), time_steps=steps)
+    except ValueError as e:
+        return {"applies": False, "reason": "NIR: " + str(e).splitlines()[0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        back = from_nir(graph)
+    dtype = next(net.parameters()).dtype
+    res = compare_networks(net, back.to(dtype), tuple(input_shape), steps=steps, batch=32, seed=0)
+    return {"applies": True, "format": "nir", **res}

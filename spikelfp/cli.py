@@ -1,4 +1,4 @@
-"""The ``spikelfp`` console script: ``train``, ``eval``, ``export`` and ``report``.
+"""The ``spikelfp`` console script: ``train``, ``eval``, ``export``, ``report`` and ``compare``.
 
 Bad input (unknown config keys, values out of range, a missing data root, an unknown
 dataset/model/optimizer, CUDA asked for but absent) prints one line and exits with code 2,
@@ -13,10 +13,11 @@ import os
 import sys
 from typing import List, Optional
 
+from hardware_export import nir_roundtrip_agreement
 from hardware_export.cli import add_export_parser, run_export
 
 from . import __version__
-from .diagnostics.cli import add_report_parser, run_report
+from .diagnostics.cli import add_compare_parser, add_report_parser, run_compare, run_report
 from .train.registry import get_trainer_spec, trainer_names, trainer_options
 
 
@@ -163,7 +164,12 @@ def cmd_eval(args) -> int:
     return 0
 
 
-_HANDLERS = {"train": cmd_train, "eval": cmd_eval, "export": run_export, "report": run_report}
+def cmd_compare(args) -> int:
+    return run_compare(args, export_check=nir_roundtrip_agreement)
+
+
+_HANDLERS = {"train": cmd_train, "eval": cmd_eval, "export": run_export, "report": run_report,
+             "compare": cmd_compare}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     add_export_parser(sub)
     add_report_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 

@@ -14,7 +14,10 @@ nothing below imports it. Pieces:
   :func:`max_prunable`);
 - :mod:`.analyze`: :func:`analyze_run` (everything about one run folder);
 - :mod:`.report` / :mod:`.plots`: markdown, self-contained HTML, PNGs, JSON;
-- :mod:`.cli`: ``add_report_parser`` / ``run_report`` for ``spikelfp report``.
+- :mod:`.compare`: ``spikelfp compare``: several trainers on one network, data and budget
+  (resumable run folders), the comparison section of the report and the memory-vs-T panel;
+- :mod:`.cli`: ``add_report_parser`` / ``run_report`` for ``spikelfp report``,
+  ``add_compare_parser`` / ``run_compare`` for ``spikelfp compare``.
 
 matplotlib is imported only when figures are drawn.
 """

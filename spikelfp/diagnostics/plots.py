@@ -340,3 +340,84 @@ def update_curves(runs: Sequence[Run], path) -> Optional[str]:
     if not a_fb.get_legend_handles_labels()[0]:
         a_fb.text(0.5, 0.5, "no LFP feedback logged", ha="center", va="center", transform=a_fb.transAxes)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------- comparison of trainers
+
+def _band(ax, x, stats, i: int, label: str, scale: float = 100.0) -> None:
+    """Mean line and a mean +- std band (``stats``: :func:`spikelfp.diagnostics.compare.spread` dicts)."""
+    keep = [(xi, s) for xi, s in zip(x, stats) if s["mean"] is not None]
+    if not keep:
+        return
+    xs = np.asarray([k[0] for k in keep], dtype=float)
+    m = np.asarray([k[1]["mean"] for k in keep]) * scale
+    sd = np.asarray([k[1]["std"] for k in keep]) * scale
+    ax.plot(xs, m, color=_color(i), marker="o", ms=3, label=label)
+    if any(k[1]["n"] > 1 for k in keep):
+        ax.fill_between(xs, m - sd, m + sd, color=_color(i), alpha=0.2, lw=0)
+
+
+def compare_accuracy(comp: Dict[str, Any], path) -> Optional[str]:
+    """Test accuracy per epoch per trainer: mean over seeds, band +- one sample std."""
+    per = comp["per_trainer"]
+    if not any(p["epochs"] for p in per.values()):
+        return None
+    fig, axes = _figure(1, 1, w=6.0, h=3.6)
+    ax = axes[0, 0]
+    n = len(comp["seeds"])
+    for i, (t, p) in enumerate(per.items()):
+        f = p["final_test_acc"]
+        _band(ax, p["epochs"], p["test_acc_per_epoch"], i,
+              f"{t} ({100 * f['mean']:.1f} %" + (f" ± {100 * f['std']:.1f})" if n > 1 else ")"))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"test accuracy per epoch (mean over {n} seed{'s' * (n > 1)}" + (", band: ± std)" if n > 1 else ")"),
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def compare_memory(comp: Dict[str, Any], path) -> Optional[str]:
+    """Peak memory of one training step vs T per trainer (log-log)."""
+    mem = comp.get("memory") or {}
+    if not mem.get("steps") or not mem.get("bytes"):
+        return None
+    fig, axes = _figure(1, 1, w=6.0, h=3.6)
+    ax = axes[0, 0]
+    for i, (t, vals) in enumerate(mem["bytes"].items()):
+        ax.plot(mem["steps"], [max(v, 1) / 2 ** 20 for v in vals], color=_color(i), marker="o", label=t)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(mem["steps"])
+    ax.set_xticklabels([str(s) for s in mem["steps"]])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel("peak memory of one step (MiB)")
+    ax.set_title(f"memory of one training step vs T (batch {mem.get('batch_size')}, {mem.get('device')})", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def compare_pruning(comp: Dict[str, Any], path) -> Optional[str]:
+    """Accuracy after global magnitude pruning per trainer (mean over seeds, band +- std)."""
+    per = {t: p for t, p in comp["per_trainer"].items() if p.get("pruning")}
+    if not per:
+        return None
+    fig, axes = _figure(1, 1, w=6.0, h=3.6)
+    ax = axes[0, 0]
+    for i, (t, p) in enumerate(comp["per_trainer"].items()):
+        if t in per:
+            _band(ax, [100 * f for f in p["pruning"]["fractions"]], p["pruning"]["accuracy"], i, t)
+    ax.set_xlabel("weights pruned (global magnitude, %)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("pruning curve per trainer (mean over seeds)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

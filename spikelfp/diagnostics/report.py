@@ -156,7 +156,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
 
 
-def make_figures(runs: Sequence[Run], out: Path) -> Dict[str, Optional[str]]:
+def make_figures(runs: Sequence[Run], out: Path, comparison: Optional[Dict[str, Any]] = None) -> Dict[str, Optional[str]]:
     """Write every PNG into ``out``; returns {key: file name or None}."""
     figs: Dict[str, Optional[str]] = {}
 
@@ -164,6 +164,11 @@ def make_figures(runs: Sequence[Run], out: Path) -> Dict[str, Optional[str]]:
         name = f"{key}.png"
         p = fn(*args, out / name)
         figs[key] = name if p else None
+
+    if comparison is not None:
+        go("compare_accuracy", plots.compare_accuracy, comparison)
+        go("compare_memory", plots.compare_memory, comparison)
+        go("compare_pruning", plots.compare_pruning, comparison)
 
     go("spike_rate_hist", plots.spike_rate_histograms, runs)
     go("rate_over_time", plots.rate_over_time, runs)
@@ -178,8 +183,173 @@ def make_figures(runs: Sequence[Run], out: Path) -> Dict[str, Optional[str]]:
     return figs
 
 
-def build_document(runs: Sequence[Run], figs: Dict[str, Optional[str]], title: str) -> List[Block]:  # noqa: C901
+def fmt_bytes(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v / 2 ** 20:.2f} MiB"
+
+
+def fmt_spread(s: Optional[Dict[str, Any]], kind: str = "num") -> str:
+    """``mean +- std`` of a :func:`spikelfp.diagnostics.compare.spread` dict (``pct``: in %,
+    ``sec``: seconds); the mean alone for one value; ``-`` for none."""
+    if not s or s.get("mean") is None:
+        return "-"
+    if kind == "pct":
+        m, sd = f"{100 * s['mean']:.1f}", f"{100 * s['std']:.1f}"
+        return f"{m} ± {sd} %" if s["n"] > 1 else f"{m} %"
+    if kind == "sec":
+        m, sd = f"{s['mean']:.2f}", f"{s['std']:.2f}"
+        return f"{m} ± {sd} s" if s["n"] > 1 else f"{m} s"
+    return f"{fmt_num(s['mean'])} ± {fmt_num(s['std'])}" if s["n"] > 1 else fmt_num(s["mean"])
+
+
+def _export_run_cell(e: Optional[Dict[str, Any]]) -> str:
+    """One run's export agreement; a silent reference output (nothing to compare) is flagged."""
+    if not e:
+        return "-"
+    if not e.get("applies"):
+        return "n/a"
+    rate = e.get("output_rate") or 0.0
+    return fmt_pct(e["agreement"], 2) + (f" (output rate {fmt_pct(rate, 2)})" if rate < 0.01 else "")
+
+
+def _export_cell(p: Dict[str, Any]) -> str:
+    if p.get("export_agreement"):
+        runs = [r for r in p["export"] if r and r.get("applies")]
+        exact = all(r.get("identical") for r in runs)
+        quiet = sum(1 for r in runs if (r.get("output_rate") or 0.0) < 0.01)
+        return (fmt_spread(p["export_agreement"], "pct") + (" (identical spikes)" if exact else "")
+                + (f" ({quiet} with output rate < 1 %)" if quiet else ""))
+    if p.get("export_note"):
+        return "n/a"
+    return "-"
+
+
+def comparison_table(comp: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
+    """Headers and rows of the comparison summary (one column per trainer)."""
+    per = comp["per_trainer"]
+    T = comp["setup"]["steps"]
+    rows = [
+        ("final test accuracy", lambda p: fmt_spread(p["final_test_acc"], "pct")),
+        ("training time per epoch", lambda p: fmt_spread(p["epoch_seconds"], "sec")),
+        ("wall time per epoch (with evaluation)", lambda p: fmt_spread(p["wall_seconds"], "sec")),
+        (f"peak memory of one training step (T = {T})", lambda p: fmt_bytes(p["peak_memory_bytes"])),
+        ("spikes per sample (all layers)", lambda p: fmt_spread(p["spikes_per_sample"])),
+        ("hidden spikes per sample", lambda p: fmt_spread(p["hidden_spikes_per_sample"])),
+        ("SynOps per sample (spike-driven layers)", lambda p: fmt_spread(p["synops_per_sample"])),
+        ("silent hidden neurons", lambda p: fmt_spread(p["hidden_silent_fraction"], "pct")),
+        ("zero-update weights (updates.jsonl, mean)", lambda p: fmt_spread(p["update_zero_fraction"], "pct")),
+        ("prunable within tolerance (global magnitude)",
+         lambda p: fmt_spread(p["prunable"], "pct")),
+        ("exported-network spike agreement", _export_cell),
+    ]
+    return ["measure"] + list(per), [[label] + [fn(p) for p in per.values()] for label, fn in rows]
+
+
+def _samples(limit: Optional[int]) -> str:
+    return "all" if limit is None else f"at most {limit}"
+
+
+def comparison_blocks(comp: Dict[str, Any], figs: Dict[str, Optional[str]]) -> List[Block]:  # noqa: C901
+    """The comparison-of-trainers section (``spikelfp compare``): summary, accuracy per epoch,
+    memory vs T, pruning, export agreement, one row per run."""
+    per, st, seeds = comp["per_trainer"], comp["setup"], comp["seeds"]
+    n = len(seeds)
+    doc: List[Block] = [("h", 2, "Comparison of trainers")]
+    hidden = f" {st['hidden']}" if st["model"] != "lenet" else ""
+    doc.append(("p", f"{', '.join(per)} on the same {st['model']}{hidden} network ({st['neuron']} neurons, reset "
+                     f"{st['reset']}), data ({st['dataset']}, {_samples(st['limit'])} training, "
+                     f"{_samples(st['test_limit'])} test samples), "
+                     f"{st['encoder']} encoder, T = {st['steps']}, {st['epochs']} epoch{'s' * (st['epochs'] != 1)}, batch {st['batch_size']}; "
+                     f"seeds {seeds}, each seed the same initial weights for every trainer. Trainer settings per run: "
+                     f"`report.json` (comparison.configs). " +
+                     ("Values: mean ± sample standard deviation (n - 1) over the seeds. " if n > 1 else "") +
+                     "Accuracy and times from each run's `metrics.jsonl`; activity, update sparsity and pruning from "
+                     "its `last.pt` on the test split (the same evaluation as the last metrics row). Times are wall "
+                     "clock on a machine that may be shared" +
+                     (f" (load average at the end {comp['load_average'][0]:.1f})" if comp.get("load_average") else "")
+                     + "; compare them only within one command."))
+    headers, body = comparison_table(comp)
+    doc.append(("table", headers, body))
+
+    epochs = sorted({e for p in per.values() for e in p["epochs"]})
+    rows = []
+    for e in epochs:
+        row = [str(e)]
+        for p in per.values():
+            row.append(fmt_spread(p["test_acc_per_epoch"][p["epochs"].index(e)], "pct") if e in p["epochs"] else "-")
+        rows.append(row)
+    doc.append(("h", 3, "Test accuracy per epoch"))
+    doc.append(("table", ["epoch"] + list(per), rows))
+    doc.append(("img", figs.get("compare_accuracy"), "Test accuracy per epoch, mean over seeds (band: ± one std)."))
+
+    mem = comp.get("memory") or {}
+    doc.append(("h", 3, "Memory of one training step vs T"))
+    if mem.get("steps"):
+        mrows = [[str(T)] + [fmt_bytes(mem["bytes"][t][j]) for t in mem["bytes"]] for j, T in enumerate(mem["steps"])]
+        growth = []
+        for t in mem["bytes"]:
+            v = mem["bytes"][t]
+            growth.append(fmt_ratio(v[0], v[-1]) if v[0] else "-")
+        mrows.append([f"T = {mem['steps'][-1]} / T = {mem['steps'][0]}"] + growth)
+        doc.append(("table", ["T"] + list(mem["bytes"]), mrows))
+        doc.append(("p", f"Peak memory of one `trainer.step` (forward and update direction; the optimizer step "
+                         f"excluded) on the first training batch ({mem.get('batch_size')} samples) at each T, "
+                         f"after one warm-up step, on {mem.get('device')}, by `spikelfp.diagnostics.memory.peak_memory` "
+                         "(CPU: tensors alive between operators, from the profiler). A method that keeps the [T, B, N] "
+                         "trace (LFP, BPTT) grows with T; a stepwise one does not."))
+        doc.append(("img", figs.get("compare_memory"), "Peak memory of one training step vs T (log-log)."))
+    else:
+        doc.append(("p", "Not measured (--memory-steps none)."))
+
+    have = {t: p for t, p in per.items() if p.get("pruning")}
+    doc.append(("h", 3, "Pruning"))
+    if have:
+        fr = next(iter(have.values()))["pruning"]["fractions"]
+        prow = [[f"{100 * f:.0f} %"] + [fmt_spread(p["pruning"]["accuracy"][j], "pct") for p in have.values()]
+                for j, f in enumerate(fr)]
+        doc.append(("table", ["pruned"] + list(have), prow))
+        doc.append(("img", figs.get("compare_pruning"), "Test accuracy after global magnitude pruning, mean over seeds."))
+    else:
+        doc.append(("p", "Pruning was not run."))
+
+    doc.append(("h", 3, "Exported network"))
+    notes = sorted({p["export_note"] for p in per.values() if p.get("export_note")})
+    measured = [t for t, p in per.items() if p.get("export_agreement")]
+    text = ("Spike agreement between each trained network and its export read back (NIR round trip through "
+            "`hardware_export`) on random inputs, the check of `spikelfp export --verify` (input scale raised "
+            "until the output fires at >= 1 % if it can; a lower output rate is shown: the fewer spikes, the "
+            "less the agreement says). ")
+    if measured:
+        text += f"Measured for {measured}. "
+    if notes:
+        text += "n/a: " + "; ".join(notes) + "."
+    if not measured and not notes:
+        text = "Not measured."
+    doc.append(("p", text))
+
+    doc.append(("h", 3, "Runs"))
+    rrows = []
+    for p in per.values():
+        for k, r in enumerate(p["per_run"]):
+            ex = p["export"][k] if k < len(p["export"]) else None
+            rrows.append([r["run"], fmt_pct(r["final_test_acc"], 2),
+                          "-" if r["epoch_seconds"] is None else f"{r['epoch_seconds']:.2f} s",
+                          fmt_num(r["spikes_per_sample"]), fmt_num(r["synops_per_sample"]),
+                          fmt_pct(r["hidden_silent_fraction"]), fmt_pct(r["update_zero_fraction"]),
+                          fmt_pct(r["prunable"]),
+                          _export_run_cell(ex)])
+    doc.append(("table", ["run", "final test acc.", "train s / epoch", "spikes / sample", "SynOps / sample",
+                          "silent hidden", "zero updates", "prunable", "export agreement"], rrows))
+    doc.append(("p", "Run folders: `runs/<trainer>-s<seed>` next to this report (ordinary runs: `spikelfp eval`, "
+                     "`spikelfp export`, `spikelfp train --resume` work on each)."))
+    return doc
+
+
+def build_document(runs: Sequence[Run], figs: Dict[str, Optional[str]], title: str,  # noqa: C901
+                   comparison: Optional[Dict[str, Any]] = None) -> List[Block]:
     doc: List[Block] = [("h", 1, title)]
+    if comparison is not None:
+        doc += comparison_blocks(comparison, figs)
+        doc.append(("h", 2, f"Per-run details (seed {comparison['seeds'][0]})"))
     lines = []
     for r in runs:
         e = r["eval"]
@@ -392,12 +562,15 @@ def render_html(doc: Sequence[Block], image_dir: Path, title: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_json(runs: Sequence[Run], path) -> str:
-    """Every number of every run (``runs`` list, in order) plus the summary table."""
+def write_json(runs: Sequence[Run], path, comparison: Optional[Dict[str, Any]] = None) -> str:
+    """Every number of every run (``runs`` list, in order) plus the summary table (and the
+    comparison of trainers, if given)."""
     headers, body = summary_table(runs)
     data = {"runs": [public(r) for r in runs],
             "summary": {"headers": headers, "rows": body,
                         "values": {label: vals for label, vals, _, _ in summary_rows(runs)}}}
+    if comparison is not None:
+        data["comparison"] = comparison
     p = Path(path)
     if p.parent and not p.parent.exists():
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -406,9 +579,12 @@ def write_json(runs: Sequence[Run], path) -> str:
 
 
 def write_report(runs: Sequence[Run], out_dir, json_path=None,
-                 title: str = "spikelfp sparsity report") -> Dict[str, Any]:
+                 title: str = "spikelfp sparsity report",
+                 comparison: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Write ``report.md``, ``report.html`` and the PNGs into ``out_dir`` (created if needed), and
-    the JSON to ``json_path`` if given. Returns the paths written."""
+    the JSON to ``json_path`` if given. Returns the paths written. ``comparison``
+    (:func:`spikelfp.diagnostics.compare.comparison_data`) adds the comparison-of-trainers
+    section at the top (``spikelfp compare``)."""
     if not runs:
         raise ValueError("report: no runs to report on")
     out = Path(out_dir)
@@ -424,13 +600,13 @@ def write_report(runs: Sequence[Run], out_dir, json_path=None,
             r["run"] = f"{base}-{seen[base]}"
         else:
             seen[base] = 1
-    figs = make_figures(runs, out)
-    doc = build_document(runs, figs, title)
+    figs = make_figures(runs, out, comparison)
+    doc = build_document(runs, figs, title, comparison)
     md = out / "report.md"
     md.write_text(render_markdown(doc))
     page = out / "report.html"
     page.write_text(render_html(doc, out, title))
     res = {"markdown": str(md), "html": str(page), "figures": [str(out / f) for f in figs.values() if f]}
     if json_path:
-        res["json"] = write_json(runs, json_path)
+        res["json"] = write_json(runs, json_path, comparison)
     return res
