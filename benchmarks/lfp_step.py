@@ -10,7 +10,12 @@ What is timed, per T (784-1000-10 LIF MLP, beta 0.9, threshold 1, reset subtract
 constant input: one [B, 784] frame fed at every step):
 
 * ``spikelfp LFP step``: ``opt.zero_grad(); lfp.step(x, y, steps=T); opt.step()`` with the
-  default LFP (epsilon rule, sequence reward, step-scope max-abs) and Adam.
+  default LFP (epsilon rule, sequence reward, step-scope max-abs) and Adam, the forward records
+  compact (``net.run(x, T, compact=True)`` + ``lfp.backward`` + ``lfp.apply``: uint8 spikes), the
+  reverse scan fused (numba) where available.
+* ``spikelfp LFP step, fused kernels off``: the same step with the compiled forward and reverse
+  scans switched off (``spikelfp.core.fused.set_enabled(False)``, what ``SPIKELFP_FUSED=0``
+  does: the torch loops), only when numba is importable (``--no-torchscan`` to skip).
 * ``spikelfp forward``: ``net.run(x, steps=T)`` under ``torch.no_grad()``.
 * ``snnTorch BPTT step``: the network as snnTorch's tutorials write it (``nn.Linear`` +
   ``snn.Leaky(beta=0.9, spike_grad=surrogate.atan())``, a Python loop over T calling the layers
@@ -65,12 +70,14 @@ if ROOT not in sys.path:  # run from a checkout without installing
 import spikelfp  # noqa: E402
 import spikelfp.nn as slnn  # noqa: E402
 from spikelfp import LFP  # noqa: E402
+from spikelfp.core import fused  # noqa: E402
 
 N_IN, N_HID, N_OUT, BETA = 784, 1000, 10, 0.9
 POOL = 4  # batches in the data pool
 
 LABELS = {
     "lfp_step": "spikelfp LFP step",
+    "lfp_step_torchscan": "spikelfp LFP step, fused kernels off (SPIKELFP_FUSED=0)",
     "forward": "spikelfp forward (no_grad run)",
     "snntorch_bptt": "snnTorch BPTT step (tutorial)",
     "snntorch_bptt_hoisted": "snnTorch BPTT step, fc1 hoisted",
@@ -206,6 +213,14 @@ def try_lfprop(device: torch.device):
 # ----------------------------------------------------------------------------- methods
 
 
+@torch.no_grad()
+def compact_lfp_step(lfp: LFP, x, y, T: int) -> None:
+    """``lfp.step(x, y, steps=T)`` with compact (uint8) forward records: the public
+    ``run(compact=True)`` + ``LFP.backward`` + ``LFP.apply``."""
+    trace = lfp.network.run(x, T, compact=True)
+    lfp.apply(lfp.backward(trace, y).grads)
+
+
 def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[str, Callable]:
     """Fresh networks (same initial weights) and one callable ``f(x, y)`` per method."""
     methods: Dict[str, Callable] = {}
@@ -216,10 +231,28 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
 
     def lfp_step(x, y):
         opt.zero_grad()
-        lfp.step(x, y, steps=T)
+        compact_lfp_step(lfp, x, y, T)
         opt.step()
 
     methods["lfp_step"] = lfp_step
+
+    if args.torchscan and fused.enabled():
+        # the same step with the fused reverse scan switched off (the fallback path)
+        tnet = make_spikelfp(args.seed, device)
+        tlfp = LFP(tnet)
+        topt = torch.optim.Adam(tnet.parameters(), lr=1e-3)
+
+        def lfp_step_torchscan(x, y):
+            prev = fused.set_enabled(False)
+            try:
+                topt.zero_grad()
+                compact_lfp_step(tlfp, x, y, T)
+                topt.step()
+            finally:
+                fused.set_enabled(prev)
+
+        lfp_step_torchscan.net = tnet
+        methods["lfp_step_torchscan"] = lfp_step_torchscan
 
     fnet = make_spikelfp(args.seed, device)
 
@@ -384,6 +417,8 @@ def rss_growth(key: str, T: int, args) -> Optional[dict]:
         cmd += ["--threads", str(args.threads)]
     if not args.hoisted:
         cmd.append("--no-hoisted")
+    if not args.torchscan:
+        cmd.append("--no-torchscan")
     # Fixed glibc thresholds: every large block is mmap-ed and handed back when freed, so RSS
     # follows the live memory instead of what malloc's adaptive threshold happens to keep.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
@@ -405,9 +440,9 @@ def spike_rates(methods: Dict[str, Callable], x, T: int) -> Dict[str, float]:
     """Hidden-layer spike rate (spikes per neuron per step) of each trained network on ``x``."""
     out = {}
     if "lfp_step" in methods:
-        out["lfp_step"] = methods["lfp_step"].net.run(x, steps=T).records[0].spikes.mean().item()
+        out["lfp_step"] = methods["lfp_step"].net.run(x, steps=T).records[0].spikes.float().mean().item()
     if "forward" in methods:
-        out["forward"] = methods["forward"].net.run(x, steps=T).records[0].spikes.mean().item()
+        out["forward"] = methods["forward"].net.run(x, steps=T).records[0].spikes.float().mean().item()
     for key in ("snntorch_bptt", "snntorch_bptt_hoisted"):
         if key in methods:
             hidden: list = []
@@ -425,7 +460,7 @@ def same_spikes_at_init(x, T: int, seed: int, device) -> Dict[str, float]:
     trace = net.run(x, steps=T)
     hidden: list = []
     out, _ = model(x, T, hidden=hidden)
-    return {"hidden": (trace.records[0].spikes == torch.stack(hidden)).float().mean().item(),
+    return {"hidden": (trace.records[0].spikes.float() == torch.stack(hidden)).float().mean().item(),
             "output": (trace.output == out).float().mean().item()}
 
 
@@ -502,6 +537,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, metavar="PATH", help="write every number here")
     p.add_argument("--hoisted", action=argparse.BooleanOptionalAction, default=True,
                    help="also time snnTorch with fc1 computed once (default on)")
+    p.add_argument("--torchscan", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the LFP step with the fused scan off (default on, if numba)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="measure peak memory (default on)")
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True,
@@ -599,11 +636,14 @@ def main(argv=None) -> int:
                 ratios[f"lfp_speed_over_{k}"] = m[k]["median_s"] / m["lfp_step"]["median_s"]
         # Paired by round (the methods of one round ran back to back): less sensitive to load
         # that changes slowly during the run. Reported next to the ratio of medians.
+        if "lfp_step" in m and "lfp_step_torchscan" in m:
+            ratios["fused_speedup"] = m["lfp_step_torchscan"]["median_s"] / m["lfp_step"]["median_s"]
         paired = {}
         for name, (num, den) in {"lfp_step_over_forward": ("lfp_step", "forward"),
                                  "lfp_speed_over_snntorch_bptt": ("snntorch_bptt", "lfp_step"),
                                  "lfp_speed_over_snntorch_bptt_hoisted":
-                                     ("snntorch_bptt_hoisted", "lfp_step")}.items():
+                                     ("snntorch_bptt_hoisted", "lfp_step"),
+                                 "fused_speedup": ("lfp_step_torchscan", "lfp_step")}.items():
             if num in m and den in m and len(times[num]) == len(times[den]):
                 paired[name] = statistics.median(a / b for a, b in zip(times[num], times[den]))
         run["ratios_paired_median"] = paired
@@ -630,9 +670,10 @@ def main(argv=None) -> int:
                     cells.append(fmt(e.get("rss_growth_mib")) if args.rss else "off")
             print("| " + " | ".join(cells) + " |")
     print()
-    print("| T | LFP step / forward (target <= 3.5) | LFP speed / snnTorch BPTT (target >= 4) "
-          "| LFP speed / snnTorch fc1 hoisted | hidden spike rate init (LFP / BPTT after) |")
-    print("|---:|---:|---:|---:|---|")
+    print("| T | LFP step / forward (target <= 3.0) | LFP speed / snnTorch BPTT (target >= 5) "
+          "| LFP speed / snnTorch fc1 hoisted (target >= 3) | fused kernels speed-up of the step "
+          "| LFP memory / BPTT (target <= 1) | hidden spike rate init (LFP / BPTT after) |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
     for T, r, r0, r1, same in ratio_rows:
         pr = results["runs"][str(T)]["ratios_paired_median"]
 
@@ -643,17 +684,32 @@ def main(argv=None) -> int:
         a = r.get("lfp_step_over_forward")
         b = r.get("lfp_speed_over_snntorch_bptt")
         c = r.get("lfp_speed_over_snntorch_bptt_hoisted")
-        verdict_a = "" if a is None else (" met" if a <= 3.5 else " NOT met")
-        verdict_b = "" if b is None else (" met" if b >= 4 else " NOT met")
+        verdict_a = "" if a is None else (" met" if a <= 3.0 else " NOT met")
+        verdict_b = "" if b is None else (" met" if b >= 5 else " NOT met")
+        verdict_c = "" if c is None else (" met" if c >= 3 else " NOT met")
+        mm = results["runs"][str(T)]["methods"]
+        mem = "n/a"
+        for key, what in (("cuda_alloc_peak_mib", "alloc"), ("torch_cpu_alloc_peak_mib", "alloc"),
+                          ("rss_growth_mib", "RSS")):
+            lm = mm.get("lfp_step", {}).get(key)
+            bms = [mm[k][key] for k in ("snntorch_bptt", "snntorch_bptt_hoisted")
+                   if mm.get(k, {}).get(key)]
+            bm = min(bms) if bms else None
+            if lm is not None and bm:
+                part = f"{what} {lm / bm:.2f}" + (" met" if lm <= bm else " NOT met")
+                mem = part if mem == "n/a" else f"{mem}; {part}"
         rate = (f"{r0.get('forward', float('nan')):.3f} ({r1.get('lfp_step', float('nan')):.3f} / "
                 + (f"{r1['snntorch_bptt']:.3f})" if "snntorch_bptt" in r1 else "n/a)"))
         print(f"| {T} | {both('lfp_step_over_forward')}{verdict_a} | "
               f"{both('lfp_speed_over_snntorch_bptt')}{verdict_b} | "
-              f"{both('lfp_speed_over_snntorch_bptt_hoisted')} | {rate} |")
+              f"{both('lfp_speed_over_snntorch_bptt_hoisted')}{verdict_c} | "
+              f"{both('fused_speedup')} | {mem} | {rate} |")
     print()
     print("ms / step: wall time of one call (CUDA: synchronized). samples/s = batch / median.")
     print("LFP speed / snnTorch = snnTorch median time / LFP step median time; 'paired' is the "
-          "median over rounds of the same ratio taken within each round.")
+          "median over rounds of the same ratio taken within each round. Fused kernels speed-up = "
+          "step time with SPIKELFP_FUSED=0 / step time. LFP memory / BPTT: against the smaller of the two "
+          "snnTorch forms.")
     if args.memory:
         if cuda:
             print("cuda alloc peak: max_memory_allocated during one call minus memory_allocated before it.")

@@ -25,6 +25,8 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 
+from . import fused
+
 Tensor = torch.Tensor
 Number = Union[float, int]
 
@@ -87,6 +89,7 @@ def lif_scan(
     reset: str = "subtract",
     steps: Optional[int] = None,
     spike_fn: Optional[Callable[[Tensor], Tensor]] = None,
+    compact: bool = False,
 ) -> LIFTrace:
     """Run the LIF membrane over all steps.
 
@@ -99,9 +102,14 @@ def lif_scan(
         spike_fn: function of ``v - threshold`` giving the spikes. ``None`` is the Heaviside
             (the LFP path); a surrogate-gradient function gives identical spikes with a
             differentiable backward. Resets use the detached spike, as snnTorch does.
+        compact: store the spikes as ``torch.uint8`` 0/1 (1 byte instead of 4 or 8) where no
+            autograd graph is needed (Heaviside spike, no grad): the same numbers, and the
+            membranes bit-identical. With a graph (or a ``spike_fn``) the spikes stay in the
+            current's dtype.
 
     Returns:
-        :class:`LIFTrace` with spikes and membranes ``[T, B, ...]`` in the current's dtype.
+        :class:`LIFTrace` with spikes and membranes ``[T, B, ...]`` in the current's dtype
+        (spikes uint8 with ``compact`` on the no-grad Heaviside path).
     """
     constant = steps is not None
     T = int(steps) if constant else current.shape[0]
@@ -111,7 +119,7 @@ def lif_scan(
     threshold = torch.as_tensor(threshold, dtype=current.dtype, device=current.device)
 
     if spike_fn is None and not (torch.is_grad_enabled() and current.requires_grad):
-        return _scan_into_buffers(current, beta, threshold, reset, T, frame_shape, constant)
+        return _scan_into_buffers(current, beta, threshold, reset, T, frame_shape, constant, compact)
     v = torch.zeros(frame_shape, dtype=current.dtype, device=current.device)
     s = torch.zeros_like(v)
     spikes, membranes = [], []
@@ -146,12 +154,17 @@ def lif_step(current: Tensor, state: Optional[LIFState], beta: Union[Tensor, Num
 
 
 def _scan_into_buffers(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T: int,
-                       frame_shape, constant: bool) -> LIFTrace:
+                       frame_shape, constant: bool, compact: bool = False) -> LIFTrace:
     """The Heaviside scan of :func:`lif_scan` when no autograd graph is needed: written straight
     into preallocated ``[T, ...]`` outputs, with the same arithmetic in the same order (so the
-    spikes and membranes are bit-identical), without per-step temporaries or a final stack."""
+    spikes and membranes are bit-identical), without per-step temporaries or a final stack.
+    ``compact``: spikes stored as uint8 0/1; s * (-theta) and (1 - s) * v promote them to the
+    membrane's dtype, so the numbers are those of float spikes."""
+    if fused.usable(current) and not current.requires_grad:
+        S, V = fused.lif_forward(current, beta, threshold, reset, T, frame_shape, constant, compact)
+        return LIFTrace(S, V)
     V = torch.empty((T, *frame_shape), dtype=current.dtype, device=current.device)
-    S = torch.empty_like(V)
+    S = torch.empty(V.shape, dtype=torch.uint8 if compact else V.dtype, device=V.device)
     neg_threshold = -threshold
     for t in range(T):
         i_t = current if constant else current[t]

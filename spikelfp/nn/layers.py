@@ -25,6 +25,9 @@ from ..core.lif import RESETS, LIFParameters, LIFState, check_lif_parameters, li
 from ..core.synapse import Conv2dOps, LinearOps
 
 Tensor = torch.Tensor
+#: a compact (uint8) input with more elements than this is turned into the current a slice of
+#: steps (of about this many elements) at a time: never a whole float copy of it
+COMPACT_WHOLE = 1 << 18
 
 
 class LayerRecord(NamedTuple):
@@ -33,6 +36,13 @@ class LayerRecord(NamedTuple):
     x: the layer's input, ``[T, B, *in]``, or one frame ``[B, *in]`` if constant over time.
     membrane, spikes: v_t and s_t ``[T, B, *out]`` (ReLU mode: pre-activation and activation;
     None for stateless layers).
+
+    Compact records (``run(..., compact=True)``, opt-in; LFP and evaluation use it): on the
+    no-grad Heaviside path LIF layers store their spikes as ``torch.uint8`` 0/1 (1 byte per
+    element instead of 4), and the next layer's ``x`` is that same tensor. Otherwise (the
+    default, autograd, ReLU mode) spikes are in the layer's dtype. Integer arithmetic works on
+    compact spikes (``1 - s``, ``s * v``); for a mean or a matmul convert with
+    ``spikes.to(dtype)``; count them with ``torch.count_nonzero`` (``sum()`` makes an int64 copy).
     """
 
     x: Tensor
@@ -49,6 +59,8 @@ class _Synaptic(nn.Module):
 
     spiking = True
     kind = "synaptic"
+    compact_input = True  # takes uint8 spikes as input (converted for the current)
+    compact_output = True  # run(..., compact=True) stores uint8 spikes
 
     def __init__(self, beta, threshold, reset: str, dtype=None):
         super().__init__()
@@ -69,20 +81,32 @@ class _Synaptic(nn.Module):
                              self.reset)
 
     def current(self, x: Tensor) -> Tensor:
-        """Synaptic current I = W x + b for a batch of frames (any leading dims)."""
+        """Synaptic current I = W x + b for a batch of frames (any leading dims); a non-float
+        input (compact uint8 spikes) is converted to the weight's dtype."""
         self._check_input(x)
-        return self.ops.forward(x, self.weight, self.bias)
+        if x.is_floating_point():
+            return self.ops.forward(x, self.weight, self.bias)
+        dtype = self.weight.dtype
+        if x.numel() <= COMPACT_WHOLE or x.dim() < 3:
+            return self.ops.forward(x.to(dtype), self.weight, self.bias)
+        # a long compact sequence: converted a slice of steps at a time (no full float copy)
+        step = max(1, COMPACT_WHOLE // max(1, x[0].numel()))
+        return torch.cat([self.ops.forward(x[a:a + step].to(dtype), self.weight, self.bias)
+                          for a in range(0, x.shape[0], step)])
 
     def run(self, x: Tensor, steps: Optional[int] = None,
-            spike_fn: Optional[Callable[[Tensor], Tensor]] = None) -> Tuple[Tensor, LayerRecord]:
-        """Run the layer on ``x`` ([T, B, *in], or a constant frame [B, *in] with ``steps``)."""
+            spike_fn: Optional[Callable[[Tensor], Tensor]] = None,
+            compact: bool = False) -> Tuple[Tensor, LayerRecord]:
+        """Run the layer on ``x`` ([T, B, *in], or a constant frame [B, *in] with ``steps``).
+        ``compact``: spikes as uint8 on the no-grad Heaviside path (see :class:`LayerRecord`)."""
         current = self.current(x)  # one matmul/convolution for all rows
         beta, theta, _ = self.neuron_parameters()
         if not self.spiking:
             v = current if steps is None else current.unsqueeze(0).expand(steps, *current.shape)
             a = torch.relu(v) if self.relu else v
             return a, LayerRecord(x, v, a)
-        s, v = lif_scan(current, beta, theta, self.reset, steps=steps, spike_fn=spike_fn)
+        s, v = lif_scan(current, beta, theta, self.reset, steps=steps, spike_fn=spike_fn,
+                        compact=compact)
         return s, LayerRecord(x, v, s)
 
     def forward(self, x: Tensor, steps: Optional[int] = None) -> Tensor:
@@ -218,6 +242,7 @@ class _Stateless(nn.Module):
 
     spiking = False
     kind = "stateless"
+    compact_input = False  # Sequential.run hands compact spikes over as floats
 
     def _apply_frames(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -236,6 +261,8 @@ class _Stateless(nn.Module):
 class Flatten(_Stateless):
     """Flatten each frame: ``[T, B, *frame] -> [T, B, prod(frame)]``. ``frame_dims`` is the number
     of trailing dimensions that form one frame (3 for C, H, W)."""
+
+    compact_input = True  # a reshape: compact spikes stay compact
 
     def __init__(self, frame_dims: int = 3):
         super().__init__()
@@ -291,6 +318,9 @@ class _Cuba(_Synaptic):
     (:mod:`spikelfp.core.cuba`). ``alpha`` is a buffer like ``beta`` (scalar or per neuron); with
     alpha = 0 everywhere the layer keeps no current state. ``current`` (as in the LIF layers) is
     the feed-forward part W x + b."""
+
+    compact_input = False  # the CUBA feedback reads its input as numbers
+    compact_output = False
 
     def _init_alpha(self, alpha, dtype) -> None:
         check_alpha(alpha, where=type(self).__name__)

@@ -36,23 +36,34 @@ class Sequential(nn.Sequential):
     """
 
     def run(self, x: Tensor, steps: Optional[int] = None,
-            spike_fn: Optional[Callable[[Tensor], Tensor]] = None) -> NetworkTrace:
-        """Forward pass over the whole sequence keeping every layer's record ([T, B, ...])."""
+            spike_fn: Optional[Callable[[Tensor], Tensor]] = None,
+            compact: bool = False) -> NetworkTrace:
+        """Forward pass over the whole sequence keeping every layer's record ([T, B, ...]).
+
+        ``compact=True`` (no-grad Heaviside path only): the LIF layers' spikes are kept as uint8
+        (see :class:`~spikelfp.nn.layers.LayerRecord`) and passed on as such to layers that take
+        them (``compact_input``); others, and ``output``, get them as floats in the dtype of the
+        membrane that produced them. Same spikes and membranes as the default."""
         _check_run_input(x, steps, len(self))
         records: List[LayerRecord] = []
         h = x
         const_steps = steps
         for layer in self:
+            if _compact(h) and not getattr(layer, "compact_input", False):
+                h = _as_numbers(h, records)
+            kw = {"compact": True} if compact and getattr(layer, "compact_output", False) else {}
             if const_steps is not None and getattr(layer, "kind", "") == "synaptic":
-                h, rec = layer.run(h, steps=const_steps, spike_fn=spike_fn)
+                h, rec = layer.run(h, steps=const_steps, spike_fn=spike_fn, **kw)
                 const_steps = None  # from here on, the activity is a sequence
             elif const_steps is not None:
                 h, rec = layer.run(h)  # stateless: stays one frame
             else:
-                h, rec = layer.run(h, spike_fn=spike_fn)
+                h, rec = layer.run(h, spike_fn=spike_fn, **kw)
             records.append(rec)
         if const_steps is not None:  # no synaptic layer at all
             h = h.unsqueeze(0).expand(const_steps, *h.shape)
+        if _compact(h):  # the output as floats (rewards, losses, readout)
+            h = _as_numbers(h, records)
         return NetworkTrace(h, records[-1].membrane, records)
 
     def stream(self, x: Tensor, steps: Optional[int] = None) -> Iterator[List[LayerRecord]]:
@@ -101,6 +112,17 @@ class Sequential(nn.Sequential):
     def synaptic_layers(self):
         """(index, layer) of every layer with parameters."""
         return [(i, m) for i, m in enumerate(self) if getattr(m, "kind", "") == "synaptic"]
+
+
+def _compact(h: Tensor) -> bool:
+    return h.dtype in (torch.uint8, torch.bool)
+
+
+def _as_numbers(h: Tensor, records: List[LayerRecord]) -> Tensor:
+    """Compact spikes as 0/1 in the dtype of the last membrane recorded."""
+    dtype = next((r.membrane.dtype for r in reversed(records) if r.membrane is not None),
+                 torch.get_default_dtype())
+    return h.to(dtype)
 
 
 def _first_synaptic(layers) -> int:

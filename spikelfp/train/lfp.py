@@ -50,6 +50,7 @@ from ..core.rules import (
     resolve_rule,
 )
 from ..nn.layers import AvgPool2d, CubaLIFConv2d, CubaLIFLinear, Flatten, LIFConv2d, LIFLinear, MaxPool2d
+from ..nn.network import Sequential
 from .distributed import all_reduce_max, env_world
 from .errors import ConfigError
 from .protocol import Batch, StepResult, TrainContext, Trainer
@@ -241,7 +242,9 @@ class LFP:
     def compute(self, x: Tensor, labels: Tensor, steps: Optional[int] = None,
                 keep_feedback: bool = False) -> LFPResult:
         """Forward over the sequence, reward, and feedback through every layer (no side effects)."""
-        trace = self.network.run(x.detach(), steps)
+        # compact records (uint8 spikes) where the network offers them: the reverse scan reads them
+        compact = {"compact": True} if isinstance(self.network, Sequential) else {}
+        trace = self.network.run(x.detach(), steps, **compact)
         return self.backward(trace, labels, keep_feedback=keep_feedback)
 
     @torch.no_grad()

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from ..core.readout import predict
 from ..data.encoders import encode_batch as encode
 from ..data.registry import DataBundle, build_data, make_loader
+from ..nn.network import Sequential
 from ..nn.zoo import build_model
 from .checkpoint import (
     atomic_save,
@@ -67,7 +68,7 @@ from .runs import (
     read_yaml_config,
     truncate_to_checkpoint,
 )
-from .stats import synaptic_records
+from .stats import spike_total, synaptic_records
 
 Tensor = torch.Tensor
 
@@ -155,11 +156,12 @@ def evaluate(net, loader: Iterable, cfg: Dict[str, Any], sequence: bool, device,
     for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         inp, steps = encode_batch(x, cfg, sequence, _gen(cfg["seed"], 10_000_019, i))
-        trace = net.run(inp, steps)
+        # compact (uint8) spikes: only their counts are read here
+        trace = net.run(inp, steps, compact=True) if isinstance(net, Sequential) else net.run(inp, steps)
         correct = correct + (predict(trace.output, trace.membrane) == y).sum()
         n += len(y)
         recs = synaptic_records(net, trace)
-        sums = torch.stack([rec.spikes.double().sum() for rec in recs])
+        sums = torch.stack([spike_total(rec.spikes) for rec in recs])
         sizes = [rec.spikes[0, 0].numel() * rec.spikes.shape[0] for rec in recs]
         spike_sum = sums if spike_sum is None else spike_sum + sums
     if info.enabled:

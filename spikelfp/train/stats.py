@@ -15,8 +15,24 @@ def synaptic_records(net, trace) -> List:
 
 
 def spike_rates(net, trace) -> Tensor:
-    """Mean spike rate of each synaptic layer, as one tensor (no host sync)."""
-    return torch.stack([rec.spikes.detach().float().mean() for rec in synaptic_records(net, trace)])
+    """Mean spike rate of each synaptic layer, as one float32 tensor (no host sync). Compact
+    (uint8) spikes are counted without a float copy."""
+    return torch.stack([mean_activity(rec.spikes) for rec in synaptic_records(net, trace)])
+
+
+def mean_activity(spikes: Tensor) -> Tensor:
+    """Mean of a spike tensor as float32: integer (compact) spikes counted exactly, others averaged."""
+    s = spikes.detach()
+    if not s.is_floating_point():  # 0/1: the count of nonzeros (sum() would make an int64 copy)
+        return (torch.count_nonzero(s).double() / max(s.numel(), 1)).float()
+    return s.float().mean()
+
+
+def spike_total(spikes: Tensor) -> Tensor:
+    """Sum of a spike tensor in float64; compact 0/1 spikes are counted (``count_nonzero``: no
+    int64 or float copy, which ``sum()`` would make)."""
+    s = spikes.detach()
+    return s.double().sum() if s.is_floating_point() else torch.count_nonzero(s).double()
 
 
 def update_statistics(net, grads: Dict[str, Tensor], feedback: Optional[Dict[str, Tensor]]) -> Dict[str, Any]:
@@ -29,8 +45,17 @@ def update_statistics(net, grads: Dict[str, Tensor], feedback: Optional[Dict[str
         out[name] = {"numel": a.numel(), "zero_fraction": (a == 0).float().mean().item(), "mean_abs": a.mean().item(),
                      "median_abs": q[0], "p90_abs": q[1], "p99_abs": q[2], "max_abs": a.max().item()}
     if feedback is not None:
-        out["feedback_nonzero_fraction"] = {k: (r != 0).float().mean().item() for k, r in feedback.items()}
+        out["feedback_nonzero_fraction"] = {k: nonzero_fraction(r) for k, r in feedback.items()}
     return out
+
+
+def nonzero_fraction(r: Tensor) -> float:
+    """Fraction of nonzero entries of ``r``, counted in slices (no full-size mask or float copy)."""
+    flat = r.detach().reshape(-1)
+    if flat.numel() == 0:
+        return 0.0
+    count = sum(int(torch.count_nonzero(part)) for part in flat.split(1 << 22))
+    return count / flat.numel()
 
 
 def current_directions(net) -> Dict[str, Tensor]:

@@ -1,0 +1,398 @@
+"""Compiled (numba, CPU) kernels for the LIF scans: the LFP reverse scan of one layer (spec
+section 3) and the no-grad Heaviside forward scan (spec section 1).
+
+Reverse scan:
+For t = T..1 (c_T = 0), per neuron, exactly what the torch loop of
+:func:`spikelfp.core.feedback.synaptic_layer_feedback` computes::
+
+    F_t     = r_t + c_t                        then F_t /= max|F_t| if that max > 1e-10
+                                               (scope "step": one max over the batch at step t;
+                                               "sample": one max per sample; "layer" is applied
+                                               to r before the scan; or off)
+    z_t     = v_t + theta s_{t-1}  (reset "subtract"; "zero": z_t = v_t)
+    z^u_t   = beta v_{t-1}         (reset "zero": beta v_{t-1} (1 - s_{t-1}); lfprop: beta v_{t-1})
+    n_t     = F_t / D_t            D_t by the rule (zero, epsilon, z+z-, lfprop), or for alphabeta
+                                   n+_t = F_t alpha / (Z+_t + eps), n-_t = F_t beta / (|Z-_t| + eps)
+    c_{t-1} = z^u_t n_t            (alphabeta: n+ where z^u > 0, else n-; "direction": |z^u_t| n_t)
+
+and either n_t is written to a ``[T, M]`` buffer or sum_t n_t is accumulated (the lowest layer
+under a constant input needs nothing else). Two passes over ``[M]`` per step (the max needs the
+whole step before the division; nothing else does), with no temporaries: the torch loop makes
+about ten. The first pass and the epsilon rule's second pass are written without data-dependent
+branches so that they vectorize. The arithmetic and its order are those of the torch loop
+(constants in the tensors' dtype), so the results agree with it to float rounding (in practice
+bit for bit). Forward scan (:func:`lif_forward`): one pass per step, bit-identical to the torch
+loop of :func:`spikelfp.core.lif.lif_scan` (the same operations, no fused multiply-add).
+
+Switch: ``SPIKELFP_FUSED=0`` in the environment (read at import) or :func:`set_enabled` turns the
+kernels off; without numba they are off. :func:`usable` says whether a call can take this path (CPU,
+float32/float64, no cross-process max reduction). Arrays are flattened to ``[T, M]`` with
+M = B * neurons, sample-major (the layout of ``[T, B, *out]``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .rules import NORM_FLOOR
+
+Tensor = torch.Tensor
+
+try:  # numba is optional: without it the torch loop runs (same numbers)
+    import numba
+except Exception:  # pragma: no cover - depends on the environment
+    numba = None
+
+HAVE_NUMBA = numba is not None
+_ENABLED = os.environ.get("SPIKELFP_FUSED", "1").strip().lower() not in ("0", "false", "off", "no")
+
+RULE_CODES = {"zero": 0, "epsilon": 1, "zplus_zminus": 2, "alphabeta": 3, "lfprop": 4}
+NORM_CODES = {None: 0, "layer": 0, "step": 1, "sample": 2}
+
+
+def enabled() -> bool:
+    """True when the fused kernel is switched on and numba is importable."""
+    return _ENABLED and HAVE_NUMBA
+
+
+def set_enabled(flag: bool) -> bool:
+    """Switch the fused kernel on or off for this process; returns the previous setting."""
+    global _ENABLED
+    prev = _ENABLED
+    _ENABLED = bool(flag)
+    return prev
+
+
+def usable(membrane: Tensor, max_reduce=None) -> bool:
+    """Whether a reverse scan over ``membrane`` can run fused: switched on, numba present, a CPU
+    float32/float64 tensor and no cross-process reduction of the max (the kernel cannot call one
+    between its two passes)."""
+    return (enabled() and max_reduce is None and membrane.device.type == "cpu"
+            and membrane.dtype in (torch.float32, torch.float64))
+
+
+def _kernel(  # noqa: C901  (the whole scan in one compiled function)
+        r, v, s, beta, th, P, N, base, n1, n2, sums1, sums2, Fbuf, Cbuf,
+        rule, norm, subtract, spiking, direction, keep, details, zero_mask, B,
+        eps, alpha, beta_ab, floor, one):  # pragma: no cover - compiled by numba (run by the tests)
+    T, M = v.shape
+    per = M // B
+    F = np.empty(M, v.dtype)
+    C = np.zeros(M, v.dtype)
+    mx = np.empty(B, v.dtype)
+    zero = one - one  # constants in the arrays' dtype (a float64 literal would promote float32)
+    have_c = False
+    for t in range(T - 1, -1, -1):
+        # pass 1: F_t = r_t + c_t, and its max-abs (per step or per sample); NaN -> no scaling
+        if norm != 2:
+            m = _fill_max(F, r, C, t, have_c, norm == 1, one)
+            m = m if m > floor else one  # also the NaN marker -1
+            for b in range(B):
+                mx[b] = m
+        for b in range(B if norm == 2 else 0):
+            m = zero
+            nan = False
+            for k in range(per):
+                i = b * per + k
+                f = r[t, i] + C[i] if have_c else r[t, i]
+                F[i] = f
+                if norm != 0:
+                    a = abs(f)
+                    if a > m:
+                        m = a
+                    elif a != a:
+                        nan = True
+            mx[b] = -one if nan else m
+        if norm == 2:
+            for b in range(B):
+                if not mx[b] > floor:
+                    mx[b] = one
+        zu_here = spiking and t > 0
+        if rule == 1 and norm != 2 and not details:  # the default rule: branch-free loops
+            _epsilon_step(F, C, v, s, beta, th, n1, sums1, t, mx[0], norm != 0, zu_here, subtract,
+                          zero_mask, direction, keep, eps, one)
+            have_c = zu_here
+            continue
+        tb = t if base.shape[0] > 1 else 0
+        tp = t if P.shape[0] > 1 else 0
+        # pass 2: normalize, n_t, the temporal term c_{t-1}
+        for b in range(B):
+            m = mx[b]
+            for k in range(per):
+                i = b * per + k
+                f = F[i] / m if norm != 0 else F[i]
+                if details:
+                    Fbuf[t, i] = f
+                    if have_c:
+                        Cbuf[t, i] = C[i]
+                vt = v[t, i]
+                zu = zero
+                vp = zero
+                z = vt
+                if zu_here:
+                    vp = v[t - 1, i]
+                    sp = s[t - 1, i]
+                    zu = vp * beta[i]
+                    if zero_mask:
+                        zu = zu * (one - sp)
+                    if subtract:
+                        z = vt + sp * th[i]
+                if rule == 3:  # alphabeta
+                    Zp = P[tp, i]
+                    Zn = N[tp, i]
+                    if zu_here:
+                        Zp = Zp + (zu if zu > zero else zero)
+                        Zn = Zn + (zu if zu < zero else zero)
+                    na = f * (alpha / (Zp + eps))
+                    nb = f * (beta_ab / (abs(Zn) + eps))
+                    if keep:
+                        n1[t, i] = na
+                        n2[t, i] = nb
+                    else:
+                        sums1[i] += na
+                        sums2[i] += nb
+                    nsel = na if zu > zero else nb
+                else:
+                    if rule == 0:
+                        D = abs(z)
+                        n = f / D if D > zero else zero
+                    else:
+                        if rule == 1:
+                            D = abs(z) + eps
+                        elif rule == 2:
+                            D = base[tb, i] if not zu_here else abs(zu) + base[tb, i]
+                        else:  # lfprop
+                            D = abs(z) + eps if not zu_here else abs(z - vp) + abs(vp) + eps
+                        n = f / D
+                    if keep:
+                        n1[t, i] = n
+                    else:
+                        sums1[i] += n
+                    nsel = n
+                if zu_here:
+                    C[i] = (abs(zu) if direction else zu) * nsel
+        have_c = zu_here
+
+
+def _fill_max(F, r, C, t, have_c, want_max, one):  # pragma: no cover - compiled by numba
+    """F = r_t + c_t (or r_t) and, with ``want_max``, max|F| (-1 if F holds a NaN, as the max
+    of torch is then NaN and no scaling happens). The max runs in 8 independent lanes (max is
+    exact in any order), so it vectorizes; a non-finite F is rechecked element by element."""
+    M = F.shape[0]
+    zero = one - one
+    if have_c:
+        for i in range(M):
+            F[i] = r[t, i] + C[i]
+    else:
+        for i in range(M):
+            F[i] = r[t, i]
+    if not want_max:
+        return zero
+    M8 = M - M % 8
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = zero
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = zero  # sums of a - a: 0 if finite, NaN for inf/NaN
+    for i in range(0, M8, 8):
+        a0, a1, a2, a3 = abs(F[i]), abs(F[i + 1]), abs(F[i + 2]), abs(F[i + 3])
+        a4, a5, a6, a7 = abs(F[i + 4]), abs(F[i + 5]), abs(F[i + 6]), abs(F[i + 7])
+        m0 = a0 if a0 > m0 else m0
+        m1 = a1 if a1 > m1 else m1
+        m2 = a2 if a2 > m2 else m2
+        m3 = a3 if a3 > m3 else m3
+        m4 = a4 if a4 > m4 else m4
+        m5 = a5 if a5 > m5 else m5
+        m6 = a6 if a6 > m6 else m6
+        m7 = a7 if a7 > m7 else m7
+        b0 += a0 - a0
+        b1 += a1 - a1
+        b2 += a2 - a2
+        b3 += a3 - a3
+        b4 += a4 - a4
+        b5 += a5 - a5
+        b6 += a6 - a6
+        b7 += a7 - a7
+    bad = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for i in range(M8, M):
+        a = abs(F[i])
+        m = a if a > m else m
+        bad += a - a
+    if bad == zero:
+        return m
+    m = zero  # some inf or NaN: the exact scan (torch: a NaN makes the max NaN)
+    for i in range(M):
+        a = abs(F[i])
+        if a != a:
+            return -one
+        m = a if a > m else m
+    return m
+
+
+def _epsilon_step(F, C, v, s, beta, th, n1, sums1, t, m, scale, zu_here, subtract, zero_mask,
+                  direction, keep, eps, one):  # pragma: no cover - compiled by numba
+    """Pass 2 of one step for the epsilon rule with one max (or none): the loops have no
+    data-dependent branches, so they vectorize. Same arithmetic as the general loop."""
+    M = F.shape[0]
+    zero = one - one
+    sub = one if subtract else zero      # z = v + s theta * sub: exact for sub in {0, 1}
+    zm = one if zero_mask else zero      # z^u = (beta v) (1 - s zm): exact for zm in {0, 1}
+    if not scale:
+        m = one
+    if not zu_here:
+        for i in range(M):
+            n = (F[i] / m) / (abs(v[t, i]) + eps)
+            if keep:
+                n1[t, i] = n
+            else:
+                sums1[i] += n
+        return
+    for i in range(M):
+        vp = v[t - 1, i]
+        sp = s[t - 1, i]
+        zu = (vp * beta[i]) * (one - sp * zm)
+        z = v[t, i] + (sp * th[i]) * sub
+        n = (F[i] / m) / (abs(z) + eps)
+        if keep:
+            n1[t, i] = n
+        else:
+            sums1[i] += n
+        C[i] = (abs(zu) if direction else zu) * n
+
+
+def _lif_kernel(I, V, S, beta, th, subtract, one):  # pragma: no cover - compiled by numba
+    """The LIF forward of :func:`spikelfp.core.lif.lif_scan` (Heaviside, no grad) in one pass per
+    step, in the torch path's arithmetic and order: v_1 = I_1; subtract: v_t = (v_{t-1} beta +
+    I_t) + s_{t-1} (-theta); zero: v_t = ((1 - s_{t-1}) v_{t-1}) beta + I_t; s_t = v_t > theta.
+    ``I`` is ``[T, M]`` or one constant row ``[1, M]``; ``one``: 1 in the arrays' dtype (a float64
+    literal would promote float32 arithmetic)."""
+    T, M = V.shape
+    pb = 0 if beta.shape[0] == 1 else 1  # scalar (one element) or one value per element
+    pt = 0 if th.shape[0] == 1 else 1
+    for t in range(T):
+        ti = t if I.shape[0] > 1 else 0
+        if t == 0:
+            for i in range(M):
+                v = I[ti, i]
+                V[0, i] = v
+                S[0, i] = v > th[i * pt]
+        elif subtract:
+            for i in range(M):
+                v = (V[t - 1, i] * beta[i * pb] + I[ti, i]) + S[t - 1, i] * (-th[i * pt])
+                V[t, i] = v
+                S[t, i] = v > th[i * pt]
+        else:
+            for i in range(M):
+                v = ((one - S[t - 1, i]) * V[t - 1, i]) * beta[i * pb] + I[ti, i]
+                V[t, i] = v
+                S[t, i] = v > th[i * pt]
+
+
+def lif_forward(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T: int,
+                frame_shape, constant: bool, compact: bool):
+    """Fused no-grad Heaviside LIF scan (see :func:`_lif_kernel`): returns ``(spikes, membrane)``
+    ``[T, *frame_shape]``, spikes uint8 with ``compact`` else in the current's dtype;
+    bit-identical to the torch loop of :func:`spikelfp.core.lif.lif_scan`."""
+    dt = current.dtype
+    V = torch.empty((T, *frame_shape), dtype=dt, device=current.device)
+    S = torch.empty(V.shape, dtype=torch.uint8 if compact else dt, device=V.device)
+    cur = current.detach().contiguous()
+    rows = cur.reshape(1, -1) if constant else cur.reshape(T, -1)
+    _lif_compiled(rows.numpy(), V.reshape(T, -1).numpy(), S.reshape(T, -1).numpy(),
+                  _per_neuron(beta, V, scalar=True), _per_neuron(threshold, V, scalar=True),
+                  reset == "subtract",
+                  np.float64(1.0) if dt == torch.float64 else np.float32(1.0))
+    return S, V
+
+
+if HAVE_NUMBA:
+    # error_model="numpy": IEEE division (x/0 = inf or nan, as in torch) without a Python
+    # ZeroDivisionError check per division, which would keep the loops from vectorizing
+    _JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    _epsilon_step = numba.njit(**_JIT)(_epsilon_step)
+    _fill_max = numba.njit(**_JIT)(_fill_max)
+    _lif_compiled = numba.njit(**_JIT)(_lif_kernel)
+    _compiled = numba.njit(**_JIT)(_kernel)
+else:  # pragma: no cover
+    _compiled = _lif_compiled = None
+
+
+def _flat(a: Tensor) -> np.ndarray:
+    """``[T, B, ...]`` -> a C-contiguous numpy ``[T, M]`` view (bool spikes as uint8)."""
+    a = a.detach()
+    if a.dtype == torch.bool:
+        a = a.view(torch.uint8)
+    return a.contiguous().reshape(a.shape[0], -1).numpy()
+
+
+def _per_neuron(p, like: Tensor, scalar: bool = False) -> np.ndarray:
+    """beta or theta (scalar or broadcastable to ``[B, *out]``) as a contiguous ``[M]`` array
+    (with ``scalar``: a one-element array for a single value, no M-sized copy)."""
+    p = torch.as_tensor(p, dtype=like.dtype, device=like.device).detach()
+    if scalar and p.numel() == 1:
+        return p.reshape(1).contiguous().numpy()
+    return p.expand(like.shape[1:]).contiguous().reshape(-1).numpy()
+
+
+def _steps(a: Optional[Tensor], membrane: Tensor, empty: np.ndarray) -> np.ndarray:
+    """A precomputed sum ``[T, B, *out]`` or constant ``[B, *out]`` as ``[T or 1, M]``."""
+    if a is None:
+        return empty
+    if a.dim() == membrane.dim() - 1:
+        a = a.unsqueeze(0)
+    return a.contiguous().reshape(a.shape[0], -1).numpy()
+
+
+def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *, reset: str,
+                 spiking: bool, rule, normalize: Optional[str], direction: bool, keep: bool,
+                 details: bool, base: Optional[Tensor] = None, P: Optional[Tensor] = None,
+                 N: Optional[Tensor] = None):
+    """Run the fused reverse scan (see the module docstring). ``r``, ``membrane``, ``spikes``:
+    ``[T, B, *out]`` (spikes uint8, bool or float); ``base``: the z+z- sum ``sum |W||x| + eps (+ |b|)``,
+    ``P``/``N``: the alphabeta sums of positive/negative contributions (each ``[T, B, *out]`` or a
+    constant ``[B, *out]``). ``normalize``: "step", "sample" or None ("layer" must already be
+    applied to ``r``).
+
+    Returns ``(n, sums, F, c)``: ``n`` a list of ``[T, B, *out]`` tensors (one, or (n+, n-) for
+    alphabeta) when ``keep``, else None; ``sums`` the list of sum_t n_t ``[B, *out]`` when not
+    ``keep``; ``F`` and ``c`` (normalized feedback and arriving temporal term) with ``details``.
+    """
+    if not HAVE_NUMBA:  # pragma: no cover
+        raise RuntimeError("the fused reverse scan needs numba; check spikelfp.core.fused.usable first")
+    dt = membrane.dtype
+    np_dt = np.float64 if dt == torch.float64 else np.float32
+    B = membrane.shape[1]
+    ab = rule.name == "alphabeta"
+    k = 2 if ab else 1
+    empty = np.empty((0, 0), np_dt)
+    v_np = _flat(membrane)
+    r_np = _flat(r.to(dt))
+    # spikes as uint8 0/1 (one compiled variant per float dtype, not per spike dtype); they are
+    # read only for a spiking layer (ReLU mode: activations, never read)
+    if not spiking:
+        s_np = np.empty((0, 0), np.uint8)
+    else:
+        s_np = _flat(spikes if spikes.dtype in (torch.uint8, torch.bool) else spikes.to(torch.uint8))
+    n_t = [torch.empty_like(membrane) for _ in range(k)] if keep else None
+    sum_t = [torch.zeros_like(membrane[0]) for _ in range(k)] if not keep else None
+    F_t = torch.empty_like(membrane) if details else None
+    c_t = torch.zeros_like(membrane) if details else None
+    n_np = [_flat(n) for n in n_t] if keep else [empty, empty]
+    if keep and k == 1:
+        n_np.append(empty)
+    s_np_sums = [s.reshape(-1).numpy() for s in sum_t] if not keep else []
+    e1 = np.empty(0, np_dt)
+    sums1 = s_np_sums[0] if s_np_sums else e1
+    sums2 = s_np_sums[1] if len(s_np_sums) > 1 else e1
+    _compiled(
+        r_np, v_np, s_np, _per_neuron(beta, membrane), _per_neuron(threshold, membrane),
+        _steps(P, membrane, empty), _steps(N, membrane, empty), _steps(base, membrane, empty),
+        n_np[0], n_np[1], sums1, sums2,
+        _flat(F_t) if details else empty, _flat(c_t) if details else empty,
+        RULE_CODES[rule.name], NORM_CODES[normalize], reset == "subtract", bool(spiking),
+        bool(direction), bool(keep), bool(details), reset == "zero" and rule.name != "lfprop", B,
+        np_dt(rule.epsilon), np_dt(rule.alpha), np_dt(rule.beta), np_dt(NORM_FLOOR), np_dt(1.0),
+    )
+    return n_t, sum_t, F_t, c_t
