@@ -44,7 +44,8 @@ from ..core.f3 import (
     spike_direction,
 )
 from ..core.readout import predict
-from ..nn.layers import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d
+from ..core.synapse import LinearOps
+from ..nn.layers import AvgPool2d, CubaLIFConv2d, CubaLIFLinear, Flatten, LIFConv2d, LIFLinear, MaxPool2d
 from .distributed import all_gather_rows
 from .errors import ConfigError
 from .protocol import Batch, StepResult, TrainContext, Trainer
@@ -70,7 +71,11 @@ OPTIONS = (
            choices=INITS),
 )
 
-_ALLOWED = (LIFLinear, LIFConv2d, Flatten, AvgPool2d, MaxPool2d)
+_ALLOWED = (LIFLinear, LIFConv2d, CubaLIFLinear, CubaLIFConv2d, Flatten, AvgPool2d, MaxPool2d)
+
+
+def _recurrent(layer: nn.Module) -> bool:
+    return getattr(layer, "recurrent", False)
 
 
 def check_network(cfg: Dict[str, Any], net: nn.Module, context: Optional[TrainContext] = None) -> None:
@@ -91,6 +96,11 @@ def check_network(cfg: Dict[str, Any], net: nn.Module, context: Optional[TrainCo
     if syn[-1] != len(layers) - 1:
         raise ConfigError(f"trainer 'f3': the last layer is {type(layers[-1]).__name__}; "
                           f"it must be the synaptic output layer")
+    rec = [i for i in syn if _recurrent(layers[i])]
+    local = (cfg.get("f3_local"), cfg.get("f3_local_output"))
+    if rec and "spike" in local:
+        raise ConfigError(f"trainer 'f3': local factor 'spike' with recurrent layer(s) {rec} is not "
+                          f"supported; use f3_local none, rate or ratevar")
 
 
 def neuron_shapes(net: nn.Module, input_shape: Tuple[int, ...], device=None, dtype=None) -> List[Tuple[int, ...]]:
@@ -185,12 +195,14 @@ class F3Trainer(Trainer):
         M: List[Any] = [None] * L
         traces: Tuple[List[List[Tensor]], List[List[Tensor]]] = ([[] for _ in range(L)], [[] for _ in range(L)])
         V, x0 = None, None
+        self._last_spikes: List[Any] = [None] * L  # s_T (recurrent layers: sum_t s_{t-1} = S - s_T)
         for t, recs in enumerate(self.net.stream(batch.x, batch.steps)):
             if t == 0:
                 x0 = recs[self.syn[0][0]].x
             for j, (i, layer) in enumerate(self.syn):
                 rec = recs[i]
                 S[j] = rec.spikes.to(self.dtype, copy=True) if t == 0 else S[j].add_(rec.spikes)
+                self._last_spikes[j] = rec.spikes
                 if plan["A"][j]:
                     A[j] = rec.x.clone() if t == 0 else A[j].add_(rec.x)
                 if plan["M"][j]:
@@ -248,6 +260,14 @@ class F3Trainer(Trainer):
             grads[f"{self.names[i]}.weight"] = gw
             if gb is not None:
                 grads[f"{self.names[i]}.bias"] = gb
+            if _recurrent(layer):  # V like W, with input s_{t-1}: sum_t s_{t-1} = S - s_T
+                Vw, bV = layer.recurrent_parameters()
+                prev = S[j] - self._last_spikes[j].to(self.dtype)
+                gv, gbv = direction_from_sums(d, local_factor(locals_[j], S[j], T), prev, T,
+                                              LinearOps(), Vw.shape, bV is not None)
+                grads[f"{self.names[i]}.recurrent_weight"] = gv
+                if gbv is not None:
+                    grads[f"{self.names[i]}.recurrent_bias"] = gbv
         if index is not None:  # after the forward, before the optimizer step
             # data-parallel: every process writes every process's rows (the next epoch may
             # send a sample to another process): B x C numbers per step
