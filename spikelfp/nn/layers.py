@@ -30,6 +30,19 @@ Tensor = torch.Tensor
 COMPACT_WHOLE = 1 << 18
 
 
+def check_neuron_shapes(layer: nn.Module, names, n_out: int, dense: bool) -> None:
+    """One-line ValueError if a per-neuron buffer (beta, threshold, alpha) of ``layer`` has a shape
+    that is neither a scalar nor per neuron: ``(n_out,)`` for dense layers; ``(C_out,)`` or
+    ``(C_out, H_out, W_out)`` for conv layers."""
+    for name in names:
+        p = getattr(layer, name)
+        if p.numel() == 1 or (tuple(p.shape) == (n_out,) if dense else p.shape[0] == n_out):
+            continue
+        allowed = f"shape ({n_out},)" if dense else f"({n_out},) or ({n_out}, H_out, W_out)"
+        raise ValueError(f"{type(layer).__name__}: {name} has shape {tuple(p.shape)}; use a scalar "
+                         f"or {allowed}")
+
+
 class LayerRecord(NamedTuple):
     """What the forward keeps of one layer (what trainers read).
 
@@ -153,13 +166,7 @@ class LIFLinear(_Synaptic):
         self.weight = ref.weight
         self.bias = ref.bias
         self.ops = LinearOps()
-        for name in ("beta", "threshold"):
-            p = getattr(self, name)
-            if p.numel() != 1 and tuple(p.shape) != (out_features,):
-                raise ValueError(
-                    f"{type(self).__name__}: {name} has shape {tuple(p.shape)}; use a scalar or "
-                    f"shape ({out_features},)"
-                )
+        check_neuron_shapes(self, ("beta", "threshold"), out_features, dense=True)
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
@@ -211,13 +218,7 @@ class LIFConv2d(_Synaptic):
         self.padding, self.dilation, self.groups = ref.padding, ref.dilation, groups
         self.weight, self.bias = ref.weight, ref.bias
         self.ops = Conv2dOps(ref.stride, ref.padding, ref.dilation, groups)
-        for name in ("beta", "threshold"):
-            p = getattr(self, name)
-            if p.numel() != 1 and p.shape[0] != out_channels:
-                raise ValueError(
-                    f"LIFConv2d: {name} has shape {tuple(p.shape)}; use a scalar, ({out_channels},) "
-                    f"or ({out_channels}, H_out, W_out)"
-                )
+        check_neuron_shapes(self, ("beta", "threshold"), out_channels, dense=False)
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
@@ -394,13 +395,7 @@ class CubaLIFLinear(_Cuba):
                             dtype=dtype)
             self.recurrent_weight, self.recurrent_bias = rec.weight, rec.bias
         self.ops = LinearOps()
-        for name in ("beta", "threshold", "alpha"):
-            p = getattr(self, name)
-            if p.numel() != 1 and tuple(p.shape) != (out_features,):
-                raise ValueError(
-                    f"{type(self).__name__}: {name} has shape {tuple(p.shape)}; use a scalar or "
-                    f"shape ({out_features},)"
-                )
+        check_neuron_shapes(self, ("beta", "threshold", "alpha"), out_features, dense=True)
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
@@ -433,13 +428,7 @@ class CubaLIFConv2d(_Cuba):
         self.weight, self.bias = ref.weight, ref.bias
         self.recurrent = False
         self.ops = Conv2dOps(ref.stride, ref.padding, ref.dilation, groups)
-        for name in ("beta", "threshold", "alpha"):
-            p = getattr(self, name)
-            if p.numel() != 1 and p.shape[0] != out_channels:
-                raise ValueError(
-                    f"CubaLIFConv2d: {name} has shape {tuple(p.shape)}; use a scalar, "
-                    f"({out_channels},) or ({out_channels}, H_out, W_out)"
-                )
+        check_neuron_shapes(self, ("beta", "threshold", "alpha"), out_channels, dense=False)
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
