@@ -268,3 +268,45 @@ def test_silent_output_is_reported_and_no_selection_on_test(tmp_path):
     a = torch.load(Path(res["run_dir"]) / "best.pt", weights_only=False)
     b = torch.load(Path(res["run_dir"]) / "last.pt", weights_only=False)
     assert _same(a["model"], b["model"])
+
+
+def _mnist(root, labels):
+    import gzip
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    n = len(labels)
+    for split in ("train", "t10k"):
+        with gzip.open(raw / f"{split}-images-idx3-ubyte.gz", "wb") as f:
+            f.write((0x0803).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                    + bytes(n * 784))
+        with gzip.open(raw / f"{split}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write((0x0801).to_bytes(4, "big") + n.to_bytes(4, "big") + bytes(labels))
+
+
+def test_label_outside_the_classes_names_the_file_before_the_run_folder(tmp_path, capsys):
+    _mnist(tmp_path / "data", [1, 2, 12, 3])
+    rc = main(["train", "--dataset", "mnist", "--data-root", str(tmp_path / "data"),
+               "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "train-labels-idx1-ubyte.gz" in err and "label 12 at index 2" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_is_resumable_from_its_first_batch(tmp_path, monkeypatch):
+    """A failure in the first epoch (a corrupt file, a crash) leaves a last.pt to resume from."""
+    full = train(dict(BASE, out=str(tmp_path), run_name="full"), **QUIET)
+
+    def boom(self, batch, want_stats=False):
+        raise RuntimeError("reading sample 17 failed")
+
+    real = LFPTrainer.step
+    monkeypatch.setattr(LFPTrainer, "step", boom)
+    with pytest.raises(RuntimeError):
+        train(dict(BASE, out=str(tmp_path), run_name="crash"), **QUIET)
+    monkeypatch.setattr(LFPTrainer, "step", real)
+    ck = torch.load(tmp_path / "crash" / "last.pt", weights_only=False)
+    assert (ck["epoch"], ck["batch"], ck["global_step"]) == (0, 0, 0)
+    res = train(resume=str(tmp_path / "crash"), **QUIET)
+    assert _same(_weights(full["run_dir"]), _weights(res["run_dir"]))

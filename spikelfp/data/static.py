@@ -120,5 +120,9 @@ def load_idx_dataset(name: str, root, split: str, download: bool = False) -> Tup
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{name}: {img_path.name} has {images.shape[0]} images but "
                         f"{lab_path.name} has {labels.shape[0]} labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        bad = int(np.flatnonzero((labels < 0) | (labels > 9))[0])
+        raise DataError(f"{name}: {lab_path} holds label {int(labels[bad])} at index {bad}; "
+                        f"the classes are 0..9")
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return x, torch.from_numpy(labels.astype(np.int64))

@@ -405,8 +405,7 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
             atomic_write_text(yaml.safe_dump(cfg, sort_keys=True), run_dir / "config.yaml")
     else:
         run_dir = _open_run_dir(cfg, info, {"model": net.state_dict(), "model_spec": spec, "config": cfg})
-    if not info.main:
-        echo = _silent  # rank 0 alone prints
+    echo = echo if info.main else _silent  # rank 0 alone prints
 
     progress = _progress_enabled(cfg)
     select = "val_acc" if data.val is not None else None  # never selected on the test set
@@ -431,6 +430,8 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
     epoch = start_epoch
     pos = {"global_step": global_step, "done": start_batch,  # where the run is
            "sums": _sums_restore(sums_state)}
+    if ckpt is None:  # resumable from the start: a run that fails in its first epoch can continue
+        checkpoint(0, 0)
     try:
         for epoch in range(start_epoch, total_epochs):
             t0 = time.perf_counter()
