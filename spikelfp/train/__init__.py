@@ -4,7 +4,7 @@ A trainer is one file that registers itself (:mod:`spikelfp.train.registry`) plu
 below that imports it. Built in: ``lfp``, ``surrogate``, ``finetune``.
 """
 
-from . import f3, ffzero, finetune, lfp, surrogate  # noqa: F401  (each registers its trainer)
+from . import lfp, surrogate, finetune, f3, ffzero  # noqa: F401  (each registers its trainer, in this order)
 from .checkpoint import Checkpoint, atomic_save, load_checkpoint, load_model, read_checkpoint
 from .config import DEFAULTS, ConfigError, resolve
 from .lfp import LFP, LFPResult, LFPTrainer, feedback_entry, layer_feedback, register_feedback
