@@ -17,7 +17,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from spikelfp.nn import AvgPool2d, Flatten, LIFConv2d, LIFLinear, MaxPool2d, Sequential
+from spikelfp.nn import (
+    AvgPool2d,
+    CubaLIFConv2d,
+    CubaLIFLinear,
+    Flatten,
+    LIFConv2d,
+    LIFLinear,
+    MaxPool2d,
+    Sequential,
+)
 
 from ._common import (
     DEFAULT_DT,
@@ -34,7 +43,7 @@ from ._common import (
 
 FORMAT_NAME = "spikelfp-hdf5"
 FORMAT_VERSION = 1
-HDF5_SUPPORTED = ("dense", "conv", "avgpool", "maxpool", "flatten")
+HDF5_SUPPORTED = ("dense", "conv", "cuba_dense", "cuba_conv", "avgpool", "maxpool", "flatten")
 #: netx's decay scale: a decay fraction d is written as d * 4096 (12-bit fixed point on Loihi).
 DECAY_SCALE = 4096
 
@@ -98,7 +107,12 @@ def _write_neuron(h5py, group, layer) -> None:
     theta = _neuron_param(layer, "threshold")
     n = group.create_group("neuron")
     _put_str(h5py, n, "type", "CUBA" if layer.reset == "zero" else "CUBA-SUBTRACT")
-    n.create_dataset("iDecay", data=np.int64(DECAY_SCALE))
+    if hasattr(layer, "alpha"):  # CUBA: the current keeps alpha of itself per step
+        alpha = _neuron_param(layer, "alpha")
+        n.create_dataset("iDecay", data=((1.0 - alpha.astype(np.float64)) * DECAY_SCALE))
+        n.create_dataset("alpha", data=alpha)
+    else:  # the current decays fully each step
+        n.create_dataset("iDecay", data=np.int64(DECAY_SCALE))
     n.create_dataset("vDecay", data=((1.0 - beta.astype(np.float64)) * DECAY_SCALE))
     n.create_dataset("vThMant", data=theta)
     n.create_dataset("refDelay", data=np.int64(1))
@@ -140,11 +154,11 @@ def _write_file(h5py, tmp: str, infos, dt: float, time_steps, input_encoding,
             g.create_dataset("shape", data=np.array(info.out_shape, dtype=np.int64))
             g.create_dataset("inputShape", data=np.array(info.in_shape, dtype=np.int64))
             _put_str(h5py, g, "layerClass", type(layer).__name__)
-            if info.kind == "dense":
+            if info.kind in ("dense", "cuba_dense"):
                 _put_type(h5py, g, "dense")
                 g.create_dataset("inFeatures", data=np.int64(layer.in_features))
                 g.create_dataset("outFeatures", data=np.int64(layer.out_features))
-            elif info.kind == "conv":
+            elif info.kind in ("conv", "cuba_conv"):
                 _put_type(h5py, g, "conv")
                 g.create_dataset("inChannels", data=np.int64(layer.in_channels))
                 g.create_dataset("outChannels", data=np.int64(layer.out_channels))
@@ -163,11 +177,15 @@ def _write_file(h5py, tmp: str, infos, dt: float, time_steps, input_encoding,
             elif info.kind == "flatten":
                 _put_type(h5py, g, "flatten")
                 g.create_dataset("frameDims", data=np.int64(layer.frame_dims))
-            if info.kind in ("dense", "conv"):
+            if info.kind in ("dense", "conv", "cuba_dense", "cuba_conv"):
                 w = to_numpy(layer.weight)
                 g.create_dataset("weight", data=w.astype(float_dtype(w)))
                 if layer.bias is not None:
                     g.create_dataset("bias", data=to_numpy(layer.bias).astype(float_dtype(w)))
+                if getattr(layer, "recurrent", False):  # V and b_V (netx's name: weight_rec)
+                    g.create_dataset("weight_rec", data=to_numpy(layer.recurrent_weight).astype(float_dtype(w)))
+                    if layer.recurrent_bias is not None:
+                        g.create_dataset("bias_rec", data=to_numpy(layer.recurrent_bias).astype(float_dtype(w)))
                 _write_neuron(h5py, g, layer)
 
 
@@ -223,6 +241,16 @@ def _pair(ds) -> Tuple[int, int]:
     return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
 
 
+def _alpha_from(group, fd) -> Optional[np.ndarray]:
+    """The current decay alpha of a layer's neuron group (None: the current decays fully)."""
+    n = group["neuron"]
+    if "alpha" in n:
+        return np.asarray(n["alpha"][()], dtype=fd)
+    if "iDecay" in n and np.any(np.asarray(n["iDecay"][()], np.float64) != DECAY_SCALE):
+        return (1.0 - np.asarray(n["iDecay"][()], np.float64) / DECAY_SCALE).astype(fd)
+    return None
+
+
 def _neuron_from(group, where: str, fd):
     if "neuron" not in group:
         raise ValueError(f"{where}: no 'neuron' group")
@@ -233,15 +261,48 @@ def _neuron_from(group, where: str, fd):
     else:  # a netx-style file: derive from the fixed-point names
         beta = (1.0 - np.asarray(n["vDecay"][()], np.float64) / DECAY_SCALE).astype(fd)
         theta = np.asarray(n["vThMant"][()], dtype=fd)
-        if "iDecay" in n and np.any(np.asarray(n["iDecay"][()]) != DECAY_SCALE):
-            raise ValueError(f"{where}: iDecay != {DECAY_SCALE} (a current state); spikelfp's "
-                             f"LIF has no synaptic current")
     if "reset" in n:
         reset = _get_str(n["reset"])
     else:
         ntype = _get_str(n["type"]) if "type" in n else "CUBA"
         reset = "subtract" if ntype == "CUBA-SUBTRACT" else "zero"
     return torch.from_numpy(np.array(beta)), torch.from_numpy(np.array(theta)), reset
+
+
+def _conv_from(g, where: str):
+    """(LIFConv2d or CubaLIFConv2d, weights, beta, threshold) of a conv group."""
+    w = np.asarray(g["weight"][()])
+    w = w.astype(float_dtype(w))
+    if w.ndim == 5:  # slayer stores a trailing time dimension of 1
+        w = w.reshape(w.shape[:4])
+    groups = int(np.asarray(g["groups"][()]).reshape(-1)[0]) if "groups" in g else 1
+    beta, theta, reset = _neuron_from(g, where, w.dtype)
+    alpha = _alpha_from(g, w.dtype)
+    cls = LIFConv2d if alpha is None else CubaLIFConv2d
+    extra = {} if alpha is None else {"alpha": torch.from_numpy(np.array(alpha))}
+    layer = cls(
+        w.shape[1] * groups, w.shape[0], kernel_size=tuple(w.shape[-2:]),
+        stride=_pair(g["stride"]) if "stride" in g else 1,
+        padding=_pair(g["padding"]) if "padding" in g else 0,
+        dilation=_pair(g["dilation"]) if "dilation" in g else 1,
+        groups=groups, bias="bias" in g, beta=beta, threshold=theta, reset=reset,
+        dtype=torch_dtype(w.dtype), **extra)
+    return layer, w, beta, theta
+
+
+def _cuba_dense(g, w: np.ndarray, beta, theta, reset: str, alpha: Optional[np.ndarray]):
+    """A CubaLIFLinear from a dense group with a current decay and/or ``weight_rec``."""
+    rec = "weight_rec" in g
+    layer = CubaLIFLinear(w.shape[1], w.shape[0], bias="bias" in g, beta=beta, threshold=theta,
+                          reset=reset, alpha=torch.from_numpy(np.array(alpha)) if alpha is not None else 0.0,
+                          recurrent=rec, recurrent_bias="bias_rec" in g, dtype=torch_dtype(w.dtype))
+    if rec:
+        with torch.no_grad():
+            layer.recurrent_weight.copy_(torch.from_numpy(np.asarray(g["weight_rec"][()], dtype=w.dtype)))
+            if "bias_rec" in g:
+                layer.recurrent_bias.copy_(torch.from_numpy(
+                    np.asarray(g["bias_rec"][()], dtype=w.dtype).reshape(-1)))
+    return layer
 
 
 def read_hdf5(path: PathLike, return_metadata: bool = False):
@@ -274,22 +335,14 @@ def read_hdf5(path: PathLike, return_metadata: bool = False):
                 w = np.asarray(g["weight"][()])
                 w = w.astype(float_dtype(w))
                 beta, theta, reset = _neuron_from(g, where, w.dtype)
-                layer = LIFLinear(w.shape[1], w.shape[0], bias="bias" in g, beta=beta,
-                                  threshold=theta, reset=reset, dtype=torch_dtype(w.dtype))
+                alpha = _alpha_from(g, w.dtype)
+                if alpha is None and "weight_rec" not in g:
+                    layer = LIFLinear(w.shape[1], w.shape[0], bias="bias" in g, beta=beta,
+                                      threshold=theta, reset=reset, dtype=torch_dtype(w.dtype))
+                else:
+                    layer = _cuba_dense(g, w, beta, theta, reset, alpha)
             elif kind == "conv":
-                w = np.asarray(g["weight"][()])
-                w = w.astype(float_dtype(w))
-                if w.ndim == 5:  # slayer stores a trailing time dimension of 1
-                    w = w.reshape(w.shape[:4])
-                groups = int(np.asarray(g["groups"][()]).reshape(-1)[0]) if "groups" in g else 1
-                beta, theta, reset = _neuron_from(g, where, w.dtype)
-                layer = LIFConv2d(
-                    w.shape[1] * groups, w.shape[0], kernel_size=tuple(w.shape[-2:]),
-                    stride=_pair(g["stride"]) if "stride" in g else 1,
-                    padding=_pair(g["padding"]) if "padding" in g else 0,
-                    dilation=_pair(g["dilation"]) if "dilation" in g else 1,
-                    groups=groups, bias="bias" in g, beta=beta, threshold=theta, reset=reset,
-                    dtype=torch_dtype(w.dtype))
+                layer, w, beta, theta = _conv_from(g, where)
             elif kind == "pool":
                 op = _get_str(g["operation"]) if "operation" in g else None
                 cls = {"average": AvgPool2d, "max": MaxPool2d}.get(op)

@@ -94,8 +94,31 @@ def test_recurrent_export_in_snntorch():
     assert simulate_snntorch(g, x).shape == (20, 4, 3)
 
 
-def test_hdf5_refuses_cuba_layers_in_one_line(tmp_path):
+def test_hdf5_round_trip_of_cuba_and_recurrent_layers(tmp_path):
+    """HDF5 keeps the current decay (iDecay = (1 - alpha) 4096 unrounded, and alpha) and the
+    recurrent weights (weight_rec, bias_rec): the file reads back to the same spikes."""
+    from hardware_export import compare_networks, read_hdf5
     from hardware_export.hdf5_export import write_hdf5
+
+    torch.manual_seed(3)
+    net = Sequential(
+        CubaLIFLinear(6, 8, alpha=0.6, recurrent=True, reset="zero", dtype=torch.float64),
+        CubaLIFLinear(8, 3, alpha=torch.linspace(0.1, 0.8, 3, dtype=torch.float64), dtype=torch.float64))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3)
+    write_hdf5(net, tmp_path / "n.h5")
+    back = read_hdf5(tmp_path / "n.h5")
+    assert [type(m).__name__ for m in back] == ["CubaLIFLinear", "CubaLIFLinear"]
+    assert back[0].recurrent and torch.equal(back[0].recurrent_weight, net[0].recurrent_weight)
+    assert torch.equal(back[1].alpha, net[1].alpha)
+    res = compare_networks(net, back, (6,), steps=12)
+    assert res["identical"] and res["spikes_reference"] > 0
+
+
+def test_netx_refuses_cuba_layers_in_one_line(tmp_path):
+    from hardware_export import write_netx
+
     with pytest.raises(ValueError) as e:
-        write_hdf5(_net(), tmp_path / "n.h5")
+        write_netx(_net(), tmp_path / "n.net")
     assert "\n" not in str(e.value) and "synaptic current" in str(e.value)
