@@ -43,6 +43,20 @@ def check_neuron_shapes(layer: nn.Module, names, n_out: int, dense: bool) -> Non
                          f"or {allowed}")
 
 
+def init_conv_synapses(layer: nn.Module, in_channels, out_channels, kernel_size, stride, padding,
+                       dilation, groups, bias, device, dtype) -> None:
+    """Give a conv layer ``weight``/``bias`` initialized as ``torch.nn.Conv2d`` and its ops."""
+    ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                    bias, device=device, dtype=dtype)
+    if isinstance(ref.padding, str):
+        raise ValueError(f"{type(layer).__name__}: padding must be an int or a pair, not a string")
+    layer.in_channels, layer.out_channels = in_channels, out_channels
+    layer.kernel_size, layer.stride = ref.kernel_size, ref.stride
+    layer.padding, layer.dilation, layer.groups = ref.padding, ref.dilation, groups
+    layer.weight, layer.bias = ref.weight, ref.bias
+    layer.ops = Conv2dOps(ref.stride, ref.padding, ref.dilation, groups)
+
+
 class LayerRecord(NamedTuple):
     """What the forward keeps of one layer (what trainers read).
 
@@ -209,15 +223,8 @@ class LIFConv2d(_Synaptic):
                  dilation=1, groups: int = 1, bias: bool = True, beta=0.9, threshold=1.0,
                  reset: str = "subtract", device=None, dtype=None):
         super().__init__(beta, threshold, reset, dtype=dtype)
-        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                        bias, device=device, dtype=dtype)
-        if isinstance(ref.padding, str):
-            raise ValueError("LIFConv2d: padding must be an int or a pair, not a string")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = ref.kernel_size, ref.stride
-        self.padding, self.dilation, self.groups = ref.padding, ref.dilation, groups
-        self.weight, self.bias = ref.weight, ref.bias
-        self.ops = Conv2dOps(ref.stride, ref.padding, ref.dilation, groups)
+        init_conv_synapses(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                           groups, bias, device, dtype)
         check_neuron_shapes(self, ("beta", "threshold"), out_channels, dense=False)
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
@@ -418,16 +425,9 @@ class CubaLIFConv2d(_Cuba):
                  reset: str = "subtract", alpha=0.0, device=None, dtype=None):
         super().__init__(beta, threshold, reset, dtype=dtype)
         self._init_alpha(alpha, dtype)
-        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-                        bias, device=device, dtype=dtype)
-        if isinstance(ref.padding, str):
-            raise ValueError("CubaLIFConv2d: padding must be an int or a pair, not a string")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = ref.kernel_size, ref.stride
-        self.padding, self.dilation, self.groups = ref.padding, ref.dilation, groups
-        self.weight, self.bias = ref.weight, ref.bias
+        init_conv_synapses(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                           groups, bias, device, dtype)
         self.recurrent = False
-        self.ops = Conv2dOps(ref.stride, ref.padding, ref.dilation, groups)
         check_neuron_shapes(self, ("beta", "threshold", "alpha"), out_channels, dense=False)
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
