@@ -246,13 +246,16 @@ def step_peak_memory(cfg: Dict[str, Any], data, steps: int, device) -> int:
     trainer = build_trainer(cfg, net, context)
     batch = step_batch(cfg, data, int(steps), device, dtype)
 
-    def one():
+    def clear():
         for p in net.parameters():
             p.grad = None
+
+    def one():
         trainer.step(batch, want_stats=False)
 
     net.train()
     one()
+    clear()  # outside the measured call: freeing the warm-up's grads must not offset its record
     return peak_memory(one, device)
 
 
