@@ -242,3 +242,33 @@ def test_options_that_do_not_apply_are_refused(shd_root, tmp_path):
     b = build_data({"dataset": "pokerdvs", "data_root": str(tmp_path), "event_denoise_us": 5000.0,
                     "steps": 3, "val_fraction": 0.0})
     assert b.train[0][0].shape == (3, 2, 35, 35)
+
+
+def test_shd_preset_trains_recurrent_cuba_on_shd_files(tmp_path):
+    """configs/shd_mlp_lfp.yaml runs as shipped (only the budget shrunk) on SHD-format files and
+    trains the recurrent CUBA hidden layer's V with LFP."""
+    from spikelfp.cli import main
+    from spikelfp.nn import CubaLIFLinear
+    from spikelfp.train.checkpoint import load_model
+
+    rng = np.random.default_rng(3)
+    labels = [i % 20 for i in range(40)]
+
+    def dense(n):  # ~4 spikes per channel: enough input for the hidden layer to fire
+        return [(np.sort(rng.uniform(0, 0.8, 3000)), rng.integers(0, 700, 3000)) for _ in range(n)]
+
+    write_shd(tmp_path / "SHD" / "shd_train.h5", dense(40), labels)
+    write_shd(tmp_path / "SHD" / "shd_test.h5", dense(20), labels[:20])
+    preset = Path(__file__).resolve().parents[1] / "configs" / "shd_mlp_lfp.yaml"
+    rc = main(["train", "--config", str(preset), "--data-root", str(tmp_path), "--steps", "12",
+               "--epochs", "1", "--batch-size", "8", "--hidden", "24", "--out", str(tmp_path / "runs"),
+               "--run-name", "shd", "--progress", "off"])
+    assert rc == 0
+    run = tmp_path / "runs" / "shd"
+    net, cfg = load_model(run / "last.pt")
+    assert cfg["trainer"] == "lfp" and cfg["recurrent"] is True and cfg["neuron"] == "cuba"
+    hidden, out = net[1], net[2]
+    assert isinstance(hidden, CubaLIFLinear) and hidden.recurrent and not out.recurrent
+    assert tuple(hidden.recurrent_weight.shape) == (24, 24) and hidden.weight.shape[1] == 700
+    init = torch.load(run / "init.pt", weights_only=False)["model"]
+    assert not torch.equal(init["1.recurrent_weight"], net.state_dict()["1.recurrent_weight"])
