@@ -348,3 +348,23 @@ def test_run_status(tmp_path):
     assert cmp.run_status(plan, state) == "skip"
     state["runs"]["lfp-s3"] = {"config": dict(plan.cfg, epochs=2)}       # more epochs: resume
     assert cmp.run_status(plan, state) == "resume"
+
+
+def test_per_trainer_network_is_stated(tmp_path):
+    """``--set TRAINER.hidden=...`` trains that trainer on its own width: the run has that net,
+    the others keep the config's, and the report names the network of each trainer."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"hidden": [HIDDEN], "limit": 16, "test_limit": 16, "steps": 3, "epochs": 1,
+                                   "device": "cpu", "val_fraction": 0.0}))
+    out = tmp_path / "c"
+    rc = main(["compare", "--config", str(cfg), "--trainers", "lfp,f3", "--seeds", "0", "--set", "f3.hidden=[12]",
+               "--memory-steps", "none", "--no-prune", "--out", str(out), "--progress", "off"])
+    assert rc == 0
+    w = {t: read_checkpoint(out / "runs" / f"{t}-s0" / "last.pt")["model"]["1.weight"].shape[0] for t in ("lfp", "f3")}
+    assert w == {"lfp": HIDDEN, "f3": 12}
+    comp = json.loads((out / "report" / "report.json").read_text())["comparison"]
+    assert comp["per_trainer"]["lfp"]["network"] == f"mlp hidden [{HIDDEN}]"
+    assert comp["per_trainer"]["f3"]["network"] == "mlp hidden [12]"
+    md = (out / "report" / "report.md").read_text()
+    assert f"on the mlp hidden [{HIDDEN}] network (f3 on mlp hidden [12] (set per trainer))" in md
+    assert re.search(rf"\| network \| mlp hidden \[{HIDDEN}\] \| mlp hidden \[12\] \|", md)

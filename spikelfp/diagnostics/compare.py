@@ -10,7 +10,8 @@ All runs share the config's network, data, encoder, T, epochs and batch size: th
 
 so a trainer's own keys (its :class:`~spikelfp.train.registry.Option` s) take their registered
 preset unless the YAML or ``--set`` says otherwise. ``--set`` may change only a trainer's own
-keys and the optimizer keys (:data:`PER_TRAINER_KEYS`); everything that defines the comparison
+keys, the optimizer keys (:data:`PER_TRAINER_KEYS`) and the width (:data:`PER_TRAINER_NETWORK_KEYS`:
+a trainer on its own network, named in the report); everything else that defines the comparison
 is the same for every trainer. Same init per seed: the loop builds the model right after
 ``seed_everything(seed)`` and before the trainer is built, so ``init.pt`` of ``(t, s)`` is the
 same for every ``t``.
@@ -58,6 +59,11 @@ from .memory import peak_memory
 #: Base keys a ``--set TRAINER.KEY=VALUE`` may change besides the trainer's own keys.
 PER_TRAINER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size", "gamma",
                     "log_updates_every", "save_every")
+
+#: Network keys a ``--set TRAINER.KEY=VALUE`` may change: a trainer that needs another width
+#: (e.g. FFzero on its own narrower preset net) trains its own network, stated in the report
+#: (its initial weights then differ from the other trainers').
+PER_TRAINER_NETWORK_KEYS = ("hidden",)
 
 #: Keys compare sets itself for every run.
 MANAGED_KEYS = ("trainer", "seed", "out", "run_name")
@@ -119,9 +125,10 @@ def parse_sets(items: Sequence[str], trainers: Sequence[str]) -> Dict[str, Dict[
         if trainer not in trainers:
             raise ConfigError(f"--set {item!r}: trainer {trainer!r} is not compared; --trainers is {list(trainers)}")
         own = {o.key for o in get_trainer_spec(trainer).options}
-        if key not in own and key not in PER_TRAINER_KEYS:
+        if key not in own and key not in PER_TRAINER_KEYS + PER_TRAINER_NETWORK_KEYS:
             raise ConfigError(f"--set {item!r}: {key!r} is the same for every trainer in a comparison; "
-                              f"per trainer only its own keys {sorted(own)} and {list(PER_TRAINER_KEYS)}")
+                              f"per trainer only its own keys {sorted(own)}, "
+                              f"{list(PER_TRAINER_KEYS + PER_TRAINER_NETWORK_KEYS)}")
         try:
             out.setdefault(trainer, {})[key] = yaml.safe_load(value)
         except yaml.YAMLError:
@@ -355,6 +362,16 @@ def trainer_summary(analyses: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def network_name(cfg: Dict[str, Any]) -> str:
+    """``"mlp hidden [1000]"``: the model and the widths the config gives it."""
+    if cfg["model"] == "lenet":
+        return "lenet"
+    name = f"{cfg['model']} hidden {list(cfg.get('hidden') or [])}"
+    if cfg["model"] == "convnet" and cfg.get("channels") is not None:
+        name += f" channels {list(cfg['channels'])}"
+    return name
+
+
 def comparison_data(plans: Sequence[Plan], analyses: Dict[str, Dict[str, Any]],
                     memory: Optional[Dict[str, Any]], export: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """Everything the comparison section shows: per trainer :func:`trainer_summary`, the memory
@@ -373,6 +390,7 @@ def comparison_data(plans: Sequence[Plan], analyses: Dict[str, Dict[str, Any]],
         applied = [r for r in runs if r and r.get("applies")]
         s["export_agreement"] = spread([r.get("agreement") for r in applied]) if applied else None
         s["export_note"] = next((r.get("reason") for r in runs if r and not r.get("applies")), None)
+        s["network"] = network_name(next(p.cfg for p in plans if p.trainer == t))
         per[t] = s
     return {
         "trainers": trainers, "seeds": seeds,

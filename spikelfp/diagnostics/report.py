@@ -228,6 +228,7 @@ def comparison_table(comp: Dict[str, Any]) -> Tuple[List[str], List[List[str]]]:
     per = comp["per_trainer"]
     T = comp["setup"]["steps"]
     rows = [
+        ("network", lambda p: p.get("network", "-")),
         ("final test accuracy", lambda p: fmt_spread(p["final_test_acc"], "pct")),
         ("training time per epoch", lambda p: fmt_spread(p["epoch_seconds"], "sec")),
         ("wall time per epoch (with evaluation)", lambda p: fmt_spread(p["wall_seconds"], "sec")),
@@ -248,18 +249,28 @@ def _samples(limit: Optional[int]) -> str:
     return "all" if limit is None else f"at most {limit}"
 
 
+def _networks_text(comp: Dict[str, Any]) -> str:
+    """"the same mlp hidden [1000] network", or which trainer trains which network."""
+    nets = {t: p.get("network", "") for t, p in comp["per_trainer"].items()}
+    if len(set(nets.values())) <= 1:
+        return f"the same {next(iter(nets.values()), '')} network"
+    common = max(set(nets.values()), key=list(nets.values()).count)
+    own = ", ".join(f"{t} on {n} (set per trainer)" for t, n in nets.items() if n != common)
+    return f"the {common} network ({own})"
+
+
 def comparison_blocks(comp: Dict[str, Any], figs: Dict[str, Optional[str]]) -> List[Block]:  # noqa: C901
     """The comparison-of-trainers section (``spikelfp compare``): summary, accuracy per epoch,
     memory vs T, pruning, export agreement, one row per run."""
     per, st, seeds = comp["per_trainer"], comp["setup"], comp["seeds"]
     n = len(seeds)
     doc: List[Block] = [("h", 2, "Comparison of trainers")]
-    hidden = f" {st['hidden']}" if st["model"] != "lenet" else ""
-    doc.append(("p", f"{', '.join(per)} on the same {st['model']}{hidden} network ({st['neuron']} neurons, reset "
+    doc.append(("p", f"{', '.join(per)} on {_networks_text(comp)} ({st['neuron']} neurons, reset "
                      f"{st['reset']}), data ({st['dataset']}, {_samples(st['limit'])} training, "
                      f"{_samples(st['test_limit'])} test samples), "
                      f"{st['encoder']} encoder, T = {st['steps']}, {st['epochs']} epoch{'s' * (st['epochs'] != 1)}, batch {st['batch_size']}; "
-                     f"seeds {seeds}, each seed the same initial weights for every trainer. Trainer settings per run: "
+                     f"seeds {seeds}, each seed the same initial weights for every trainer on the same network. "
+                     "Trainer settings per run: "
                      f"`report.json` (comparison.configs). " +
                      ("Values: mean ± sample standard deviation (n - 1) over the seeds. " if n > 1 else "") +
                      "Accuracy and times from each run's `metrics.jsonl`; activity, update sparsity and pruning from "
