@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 tonic = pytest.importorskip("tonic", reason="event data sets need tonic")
@@ -241,3 +242,25 @@ def test_unknown_tonic_class():
         from spikelfp.data.events import build_tonic_data
 
         build_tonic_data({"dataset": "tonic:NoSuchSet", "data_root": "/tmp"})
+
+
+def test_corrupt_event_content_mid_run_names_the_file_and_keeps_the_run(tmp_path, capsys):
+    """Events outside the sensor are only visible when the file is read (during the epoch): the
+    run stops with one line naming the file, exit code 2, and keeps its last.pt to resume from."""
+    from spikelfp.cli import main
+
+    rng = np.random.default_rng(8)
+    write_dvsgesture(tmp_path, rng, files={"user01_led": [0, 1, 2, 3]})
+    write_dvsgesture(tmp_path, rng, "ibmGestureTest", {"user24_led": [1, 2]})
+    bad = tmp_path / "DVSGesture" / "ibmGestureTrain" / "user01_led" / "2.npy"
+    arr = np.load(bad)
+    arr[3, 1] = 999
+    np.save(bad, arr)
+    rc = main(["train", "--dataset", "dvsgesture", "--data-root", str(tmp_path), "--model", "mlp",
+               "--hidden", "12", "--steps", "3", "--epochs", "1", "--batch-size", "2", "--val-fraction", "0",
+               "--out", str(tmp_path / "runs"), "--run-name", "r", "--progress", "off"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "user01_led/2.npy" in err and "y coordinates" in err
+    ck = torch.load(tmp_path / "runs" / "r" / "last.pt", weights_only=False)
+    assert ck["epoch"] == 0  # resumable from the start of the epoch
