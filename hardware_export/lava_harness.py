@@ -10,7 +10,10 @@ file with ``lava.lib.dl.netx.hdf5.Network`` unchanged, feeds the input stream fr
 :func:`run_lava_samples` feeds B samples of T steps back to back with
 ``hdf5.Network(file, reset_interval=T, reset_offset=1)`` so that every layer starts each sample
 from zero state (see :mod:`hardware_export.loihi_sim`), and returns ``[T, B, *out]`` aligned
-with spikelfp's steps; :func:`compare_lava` compares it with :func:`loihi_sim.simulate`.
+with spikelfp's steps; :func:`compare_lava` compares it with :func:`loihi_sim.simulate_samples`
+(the same stream in loihi_sim; equal to the per-sample :func:`loihi_sim.simulate` except that
+a recurrent (``dense_rec``) layer's reset does not clear its recurrent synapse, so the first
+step of a sample also receives ``V s`` of the previous sample's last step).
 
 Tags: ``fixed_pt`` runs Lava's bit-accurate models. ``floating_pt`` cannot run a netx network:
 netx's block process models (``PyNetworkModel``, ``PyDenseModel``, ``PyConvModel``, ...) are
@@ -32,7 +35,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .loihi_sim import (num_delays, simulate, stream_inputs, unstream_outputs)
+from .loihi_sim import (num_delays, simulate, simulate_samples, stream_inputs,
+                        unstream_outputs)
 from .netx_export import NetxNetwork, read_netx
 
 LAVA_PYTHON_ENV = "SPIKELFP_LAVA_PYTHON"
@@ -165,14 +169,20 @@ def run_lava_samples(path, x_int: torch.Tensor, tag: str = "fixed_pt",
 
 def compare_lava(path, x_int: torch.Tensor, tag: str = "fixed_pt",
                  python: Optional[str] = None) -> dict:
-    """Lava's output spikes against spikelfp's Loihi simulation of the same file and inputs
-    (keys of :func:`hardware_export.spike_agreement`, plus ``samples`` and ``tag``)."""
+    """Lava's output spikes against spikelfp's Loihi simulation of the same file and the same
+    back-to-back stream (:func:`loihi_sim.simulate_samples`; keys of
+    :func:`hardware_export.spike_agreement`, plus ``samples``, ``tag`` and
+    ``per_sample_mismatched``: entries where that stream differs from the zero-state
+    per-sample :func:`loihi_sim.simulate`, 0 without recurrent layers)."""
     from .verify import spike_agreement
 
+    plan = read_netx(path)
     lava = run_lava_samples(path, x_int, tag, python)
-    sim = simulate(read_netx(path), x_int).spikes
+    sim = simulate_samples(plan, x_int)
     res = spike_agreement(sim, lava)
-    res.update(samples=int(x_int.shape[1]), tag=tag)
+    per_sample = simulate(plan, x_int).spikes
+    res.update(samples=int(x_int.shape[1]), tag=tag,
+               per_sample_mismatched=int((per_sample != sim).sum()))
     return res
 
 

@@ -8,27 +8,40 @@ tau = 1, 2, ... and for each layer::
     synapse:  sends the buffer a[tau-1], then buffers a[tau] = shift(W_e s_in[tau], wexp)
               (dense: W_e, wexp from netx's optimize_weight_bits and Lava's 8-bit clip /
               truncation, shift = arithmetic shift; conv: W unchanged, wrapped to 24 bits)
-    neuron:   (reset every R steps: u = v = 0 when tau % R == (offset + 1 + layer) % R)
-              u = wrap24(trunc(u * (4096 - iDecay) / 4096) + (a << 6))
+    recurrent synapse (dense_rec only): sends r[tau-1], then buffers
+              r[tau] = shift(V_e s[tau], wexp) of the layer's own spikes s[tau] (V_e, W_e and
+              wexp from one optimize_weight_bits on hstack(weight, weight_rec))
+    neuron:   (reset every R steps: u = v = 0 when tau % R == (offset + 1 + layer) % R; the
+              synapse buffers a, r are not reset)
+              u = wrap24(trunc(u * (4096 - iDecay) / 4096) + ((a[tau-1] + r[tau-1]) << 6))
               v = clip(trunc(v * (4096 - vDecay) / 4096) + u + (bias << 6), +-(2**23 - 1))
               s = v > (vThMant << 6);  v = 0 where s
 
 trunc rounds toward zero (sign(x) * (|x| * d >> 12)). So each layer adds one step of delay: the
 first layer's neurons see the input of step tau at tau + 1, and before the first input arrives
-a layer with a bias integrates the bias alone for as many steps as it is deep.
+a layer with a bias integrates the bias alone for as many steps as it is deep. The recurrent
+term V s[tau-1] reaches the neuron one step after its spikes, in the neuron's own timeline:
+exactly spikelfp's ``V s_{t-1}``; the current u with ``iDecay = round((1 - alpha) 4096)`` is
+spikelfp's ``i`` (x 64, up to the truncation).
 
 :func:`simulate_stream` runs exactly this on a stream of input frames (what
 ``hdf5.Network(file)`` does, with ``reset_interval`` / ``reset_offset`` as its arguments).
 :func:`simulate` is the per-sample form spikelfp uses: every layer starts from zero state when
 the sample's first input reaches it, which is what ``hdf5.Network(file, reset_interval=T,
 reset_offset=1)`` gives for samples fed back to back every T steps (the output of sample k
-then appears at steps k T + L + 1 ... k T + L + T for L layers). Both are exact integer
-arithmetic (float64 tensors holding integers below 2**53).
+then appears at steps k T + L + 1 ... k T + L + T for L layers), except for recurrent layers:
+Lava's reset clears u and v but not the recurrent synapse's buffer, so on the first step of a
+sample the neuron still receives ``V s`` of the previous sample's last step
+(:func:`simulate_samples` models that stream exactly; :func:`simulate` starts with s_0 = 0, as
+spikelfp does). Both are exact integer arithmetic (float64 tensors holding integers below
+2**53).
 """
 
 from __future__ import annotations
 
 from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import math
 
 import numpy as np
 import torch
@@ -47,7 +60,8 @@ STATE_SHIFT = 6
 
 def netx_weight_bits(weight: np.ndarray) -> Tuple[np.ndarray, int, int]:
     """netx's ``optimize_weight_bits`` (lava-dl 0.6.0 ``netx/utils.py``) on integer weights:
-    returns (shifted weights, num_weight_bits, weight_exponent)."""
+    returns (shifted weights, num_weight_bits, weight_exponent). For ``dense_rec`` netx runs it
+    on ``hstack(weight, weight_rec)``."""
     w = np.asarray(weight, np.int64)
     wmax, wmin = int(w.max()), int(w.min())
     if (wmax > 254 and wmin < 0) or (wmin < -256 and wmax > 0):
@@ -59,8 +73,8 @@ def netx_weight_bits(weight: np.ndarray) -> Tuple[np.ndarray, int, int]:
         scale, signed = -256 / wmin, 0
     elif wmin >= 0:
         scale, signed = 255 / wmax, 0
-    else:
-        scale, signed = min(127 / wmax, -128 / wmin), 1
+    else:  # mixed (netx: max >= 0 > min; numpy's 127 / 0 = inf when max = 0)
+        scale, signed = min(127 / wmax if wmax > 0 else math.inf, -128 / wmin), 1
     scale_bits = int(np.floor(np.log2(scale))) + signed
     n = 8
     while n > 0 and np.sum(np.abs(w / 2 ** n - np.round(w / 2 ** n))) != 0:
@@ -69,18 +83,37 @@ def netx_weight_bits(weight: np.ndarray) -> Tuple[np.ndarray, int, int]:
     return np.left_shift(w, scale_bits), 8 - scale_bits - n, -scale_bits
 
 
-def lava_dense_weights(weight: np.ndarray) -> Tuple[np.ndarray, int]:
-    """The weights Lava's ``PyDenseModelBitAcc`` multiplies with (netx's shift, then
-    ``clip_weights(.., 8)`` and ``truncate_weights(.., num_weight_bits)`` with Lava's own sign
-    mode) and the weight exponent; the layer's activation is ``shift(W_e s, wexp)``."""
-    w, bits, wexp = netx_weight_bits(weight)
+def _lava_clip_truncate(w: np.ndarray, bits: int) -> np.ndarray:
+    """Lava's ``clip_weights(.., 8)`` and ``truncate_weights(.., num_weight_bits)`` with the
+    sign mode each ``Dense`` process determines from its own weights."""
     mixed = int(w.min() < 0 < w.max())
     inhib = int(w.max() <= 0 and w.min() < 0)
     w = -w if inhib else w
     w = np.clip(w, -(2 ** 8) * mixed, 2 ** 8 - 1)
     drop = 8 - bits + mixed
     w = np.left_shift(np.right_shift(w, drop), drop)
-    return (-w if inhib else w), wexp
+    return -w if inhib else w
+
+
+def lava_dense_weights(weight: np.ndarray) -> Tuple[np.ndarray, int]:
+    """The weights Lava's ``PyDenseModelBitAcc`` multiplies with (netx's shift, then
+    ``clip_weights(.., 8)`` and ``truncate_weights(.., num_weight_bits)`` with Lava's own sign
+    mode) and the weight exponent; the layer's activation is ``shift(W_e s, wexp)``."""
+    w, bits, wexp = netx_weight_bits(weight)
+    return _lava_clip_truncate(w, bits), wexp
+
+
+def lava_recurrent_weights(weight: np.ndarray,
+                           weight_rec: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """``dense_rec``: netx shifts ``hstack(weight, weight_rec)`` as one matrix (one
+    num_weight_bits and weight exponent), then hands each part to its own Lava ``Dense``
+    (feed-forward and recurrent synapse), which clips and truncates it with its own sign mode.
+    Returns (W_e, V_e, wexp); the neuron receives ``shift(W_e x, wexp) + shift(V_e s, wexp)``."""
+    w = np.asarray(weight, np.int64)
+    joint, bits, wexp = netx_weight_bits(np.hstack([w, np.asarray(weight_rec, np.int64)]))
+    n_in = w.shape[1]
+    return (_lava_clip_truncate(joint[:, :n_in], bits),
+            _lava_clip_truncate(joint[:, n_in:], bits), wexp)
 
 
 def _shift(a: Tensor, exp: int) -> Tensor:
@@ -102,15 +135,23 @@ class _Synapse(NamedTuple):
     padding: Tuple[int, int]
     dilation: Tuple[int, int]
     groups: int
+    rec: Optional[Tensor] = None  # V_e of a dense_rec layer
+
+
+def _f64(w: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.asarray(w).astype(np.float64))
 
 
 def _synapse(ly: NetxLayer) -> _Synapse:
-    if ly.kind == "dense":
+    rec = None
+    if ly.kind == "dense" and ly.recurrent:
+        w, v, exp = lava_recurrent_weights(ly.weight, ly.weight_rec)
+        rec = _f64(v)
+    elif ly.kind == "dense":
         w, exp = lava_dense_weights(ly.weight)
     else:
         w, exp = np.asarray(ly.weight, np.int64), 0
-    return _Synapse(ly.kind, torch.from_numpy(w.astype(np.float64)), exp, ly.stride, ly.padding,
-                    ly.dilation, ly.groups)
+    return _Synapse(ly.kind, _f64(w), exp, ly.stride, ly.padding, ly.dilation, ly.groups, rec)
 
 
 def synapse_activation(syn: _Synapse, s: Tensor) -> Tensor:
@@ -119,6 +160,14 @@ def synapse_activation(syn: _Synapse, s: Tensor) -> Tensor:
         return _shift(s.reshape(s.shape[0], -1) @ syn.weight.T, syn.exp)
     a = Fn.conv2d(s, syn.weight, None, syn.stride, syn.padding, syn.dilation, syn.groups)
     return wrap_signed(a, 24)
+
+
+def recurrent_activation(syn: _Synapse, s: Tensor) -> Tensor:
+    """What the recurrent synapse of a ``dense_rec`` layer sends one step after the layer's
+    spikes ``s`` ``[B, N]``: ``shift(V_e s, wexp)`` (zeros for a feed-forward layer)."""
+    if syn.rec is None:
+        return torch.zeros_like(s)
+    return _shift(s @ syn.rec.T, syn.exp)
 
 
 # ---------------------------------------------------------------- neuron
@@ -180,11 +229,28 @@ def _as_float64(x) -> Tensor:
     return x.detach().to("cpu", torch.float64)
 
 
+def _run_layer(ly: NetxLayer, s: Tensor, T: int, B: int) -> Tuple[Tensor, Tensor]:
+    """One layer on its input spikes ``s`` ``[T * B, *in]`` from zero state (and s_0 = 0 for
+    the recurrent term): returns (spikes, membranes) ``[T, B, *out]``."""
+    syn = _synapse(ly)
+    a = synapse_activation(syn, s).reshape(T, B, *ly.out_shape)
+    bias = _bias(ly)
+    state = _zeros((B, *ly.out_shape))
+    out_s, out_v = torch.empty_like(a), torch.empty_like(a)
+    rec = torch.zeros_like(a[0])
+    for t in range(T):
+        out_s[t], out_v[t], state = neuron_step(ly, state, a[t] + rec, bias)
+        if syn.rec is not None:
+            rec = recurrent_activation(syn, out_s[t])
+    return out_s, out_v
+
+
 def simulate(plan: NetxNetwork, x_int, steps: Optional[int] = None) -> LoihiTrace:
     """Per-sample chip output with the delays removed: ``x_int`` ``[T, B, *input_shape]``
     integer payloads (or one frame ``[B, ...]`` with ``steps``); every layer starts from
-    zero state. Equals :func:`simulate_stream` with ``reset_interval=T, reset_offset=1`` on the
-    samples fed back to back, read L steps later (tested)."""
+    zero state (no recurrent input on the first step). Equals :func:`simulate_stream` with
+    ``reset_interval=T, reset_offset=1`` on the samples fed back to back, read L steps later
+    (tested), for networks without recurrent layers (for those see :func:`simulate_samples`)."""
     x = _as_float64(x_int)
     if steps is not None:
         x = x.unsqueeze(0).expand(int(steps), *x.shape)
@@ -195,13 +261,8 @@ def simulate(plan: NetxNetwork, x_int, steps: Optional[int] = None) -> LoihiTrac
         if ly.kind == "flatten":
             s = s.reshape(s.shape[0], -1)
             continue
-        a = synapse_activation(_synapse(ly), s).reshape(T, B, *ly.out_shape)
-        bias = _bias(ly)
-        state = _zeros((B, *ly.out_shape))
-        out_s, out_v = torch.empty_like(a), torch.empty_like(a)
-        for t in range(T):
-            out_s[t], out_v[t], state = neuron_step(ly, state, a[t], bias)
-        s, v_out = out_s.reshape(T * B, *ly.out_shape), out_v
+        out_s, v_out = _run_layer(ly, s, T, B)
+        s = out_s.reshape(T * B, *ly.out_shape)
     return LoihiTrace(s.reshape(T, B, *plan.output_shape), v_out)
 
 
@@ -216,6 +277,7 @@ def simulate_stream(plan: NetxNetwork, x_int, num_steps: Optional[int] = None,
     B = x.shape[1]
     syn = [(ly, _synapse(ly), _bias(ly)) for ly in plan.layers if ly.kind != "flatten"]
     buf = [torch.zeros((B, *ly.out_shape), dtype=torch.float64) for ly, _, _ in syn]
+    rbuf = [torch.zeros_like(b) for b in buf]  # recurrent synapse buffers (never reset)
     state = [_zeros((B, *ly.out_shape)) for ly, _, _ in syn]
     offsets = ([(reset_offset + 1 + i) % reset_interval for i in range(len(syn))]
                if reset_interval else None)
@@ -227,9 +289,23 @@ def simulate_stream(plan: NetxNetwork, x_int, num_steps: Optional[int] = None,
                                                    if ly.kind == "conv" else s)
             if offsets is not None and tau % reset_interval == offsets[i]:
                 state[i] = _zeros(state[i].u.shape)
-            s, _, state[i] = neuron_step(ly, state[i], a, bias)
+            s, _, state[i] = neuron_step(ly, state[i], a + rbuf[i], bias)
+            rbuf[i] = recurrent_activation(sy, s)
         out[tau - 1] = s.reshape(B, *plan.output_shape)
     return out
+
+
+def simulate_samples(plan: NetxNetwork, x_int) -> Tensor:
+    """What Lava gives for samples ``[T, B, *input_shape]`` fed back to back through
+    ``hdf5.Network(file, reset_interval=T, reset_offset=1)`` (as the Lava harness does), as
+    ``[T, B, *out]`` with the L-step delay removed. Equals :func:`simulate` without recurrent
+    layers; with them, the first step of each sample also receives ``V s`` of the previous
+    sample's last step (the reset does not clear the recurrent synapse's buffer)."""
+    x = _as_float64(x_int)
+    T, B = x.shape[0], x.shape[1]
+    L = num_delays(plan)
+    out = simulate_stream(plan, stream_inputs(x, T, L), reset_interval=T, reset_offset=1)
+    return unstream_outputs(out, T, B, L)
 
 
 def stream_inputs(x_int, reset_interval: int, delay: int) -> Tensor:
@@ -324,7 +400,7 @@ def verify_netx(network, plan: NetxNetwork, steps: int = 25, batch: int = 32,
 
 __all__: List[str] = [
     "LoihiTrace", "compare_float", "decode_input", "encode_input", "lava_dense_weights",
-    "netx_weight_bits", "num_delays", "predict", "random_payloads", "simulate",
-    "simulate_stream", "stream_inputs", "trunc_decay", "unstream_outputs", "verify_netx",
+    "lava_recurrent_weights", "netx_weight_bits", "num_delays", "predict", "random_payloads",
+    "recurrent_activation", "simulate", "simulate_samples", "simulate_stream", "stream_inputs", "trunc_decay", "unstream_outputs", "verify_netx",
     "wrap_current", "wrap_signed",
 ]

@@ -1,20 +1,35 @@
 """A netx-native HDF5 file: what ``lava.lib.dl.netx.hdf5.Network`` loads unchanged for Loihi.
 
-Only what Loihi's CUBA neuron runs is accepted: ``LIFLinear`` / ``LIFConv2d`` layers with reset
-"zero" and one ``beta`` / ``threshold`` per layer, ``Flatten``, and ``AvgPool2d`` (stride =
-kernel, no padding), which is folded into the next conv or flatten + dense layer (a linear map
-of the spikes: exact before quantization). Everything is quantized to netx's integers, layer by
-layer, with one scale ``S`` (integer units per unit of spikelfp current)::
+Only what Loihi's CUBA neuron runs is accepted: ``LIFLinear`` / ``LIFConv2d`` and
+``CubaLIFLinear`` / ``CubaLIFConv2d`` layers with reset "zero" and one ``beta`` / ``threshold``
+/ ``alpha`` per layer (a recurrent ``CubaLIFLinear`` becomes netx's ``dense_rec`` layer with
+``weight_rec``), ``Flatten``, and ``AvgPool2d`` (stride = kernel, no padding), which is folded
+into the next conv or flatten + dense layer (a linear map of the spikes: exact before
+quantization). Everything is quantized to netx's integers, layer by layer, with one scale ``S``
+(integer units per unit of spikelfp current)::
 
     W_int = 2 * round(W * S / s_x / 2)  even integers in [-256, 254] (8-bit signed mantissa k,
                                         W_int = 2 k, k in [-128, 127]: netx/slayer's grid)
-    bias  = round(b * S)                13-bit signed bias mantissa, netx adds it as bias << 6
+    V_int = 2 * round(V * S / 2)        recurrent weights (their input is the layer's own 0/1
+                                        spikes), same grid; netx file key ``weight_rec``
+    bias  = round((b + b_V) * S)        13-bit signed bias mantissa, netx adds it as bias << 6
     vThMant = round(theta * S)          17-bit, the chip compares v > vThMant << 6
     vDecay = round((1 - beta) * 4096)   12-bit, v <- v * (4096 - vDecay) / 4096 (truncated)
-    iDecay = 4096                       the current decays fully each step (no current state)
+    iDecay = round((1 - alpha) * 4096)  12-bit, u <- u * (4096 - iDecay) / 4096 (truncated);
+                                        4096 (the current decays fully) for LIF layers
 
-    S = s_x * min(S_w, 4095 / (max|b| * s_x), 131071 / (theta * s_x))
-    S_w = 254 / (f * max|W|), f in 0.50 ... 1.00 minimizing sum (W - W_int / S_w)^2
+    S = s_x * min(S_w, 4095 / (max|b + b_V| * s_x), 131071 / (theta * s_x))
+    S_w = 254 / (f * max|[W, s_x V]|), f in 0.50 ... 1.00 minimizing the squared error of
+          [W, s_x V] on the grid (W and V share one scale, as netx's optimize_weight_bits runs
+          on hstack(weight, weight_rec))
+
+Bias and alpha: spikelfp adds b (and b_V) to the synaptic current i, which alpha filters
+(``i_t = alpha i_{t-1} + W x_t + b + V s_{t-1} + b_V``), while Loihi adds its bias to v each
+step, unfiltered. With alpha = 0 the two are the same and ``b + b_V`` is the Loihi bias. With
+alpha > 0 a nonzero bias cannot be expressed (its share of the current grows as
+``b (1 - alpha^t) / (1 - alpha)``); such a layer is refused rather than approximated: train it
+without biases (config ``bias: false``, which also drops the zoo's recurrent b_V; by hand:
+``bias=False, recurrent_bias=False``) or with alpha = 0.
 
 where ``s_x`` is the input scale of the layer: 1 for spikes (binary, or event counts as graded
 spikes), ``input_scale`` for the first layer when the input is a real value sent as graded
@@ -25,18 +40,20 @@ rounding of each number (and, on the chip, the one-step synaptic delay per layer
 
 Refused, with one line naming the layer and before anything is written (``ValueError``): reset
 "subtract", max pooling, average pooling that cannot be folded, ReLU layers, per-neuron or
-per-channel ``beta`` / ``threshold``, and values netx cannot hold (:func:`check_ranges`). The
+per-channel ``beta`` / ``threshold`` / ``alpha``, a nonzero bias (b or b_V) with alpha > 0, and
+values netx cannot hold (:func:`check_ranges`). The
 layout is documented in SCHEMA.md ("netx-native file").
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from ._common import (
     PathLike,
@@ -51,7 +68,9 @@ from ._common import (
 
 NETX_FORMAT = "spikelfp-netx"
 NETX_FORMAT_VERSION = 1
-NETX_SUPPORTED = ("dense", "conv", "flatten", "avgpool", "maxpool")
+NETX_SUPPORTED = ("dense", "conv", "cuba_dense", "cuba_conv", "flatten", "avgpool", "maxpool")
+#: The netx layer a synaptic kind of :func:`describe_network` becomes.
+BASE_KIND = {"dense": "dense", "conv": "conv", "cuba_dense": "dense", "cuba_conv": "conv"}
 #: netx's 12-bit decay scale (a decay fraction d is the integer d * 4096).
 DECAY_UNITY = 4096
 #: The largest |weight| written: 8-bit signed mantissa k in [-128, 127] times 2 (netx clips
@@ -81,7 +100,9 @@ class NetxLayer:
     kind: ``dense``, ``conv`` or ``flatten``. For dense/conv: ``weight`` (int64, PyTorch layout
     ``[out, in]`` / ``[out, in/groups, kH, kW]``), ``bias`` (int64 ``[out]`` or None),
     ``v_th_mant``, ``v_decay``, ``i_decay`` (ints), ``scale`` (S: integer units per spikelfp
-    unit of current, informational), conv geometry, and the per-sample shapes (CHW).
+    unit of current, informational), conv geometry, and the per-sample shapes (CHW). A dense
+    layer with ``weight_rec`` (int64 ``[out, out]``: V, acting on the layer's own spikes of the
+    previous step) is netx's ``dense_rec``.
     """
 
     kind: str
@@ -98,6 +119,16 @@ class NetxLayer:
     dilation: Tuple[int, int] = (1, 1)
     groups: int = 1
     name: str = ""
+    weight_rec: Optional[np.ndarray] = None
+
+    @property
+    def recurrent(self) -> bool:
+        return self.weight_rec is not None
+
+    @property
+    def netx_type(self) -> str:
+        """The layer type netx reads: ``dense_rec`` for a recurrent dense layer, else kind."""
+        return "dense_rec" if self.recurrent else self.kind
 
 
 @dataclass
@@ -139,7 +170,8 @@ def quantize_weight(w: np.ndarray, scale: float) -> np.ndarray:
 
 
 def quantize_decay(beta: float) -> int:
-    """netx's ``vDecay = round((1 - beta) * 4096)`` (so ``beta_chip = 1 - vDecay / 4096``)."""
+    """netx's ``vDecay = round((1 - beta) * 4096)`` (so ``beta_chip = 1 - vDecay / 4096``); the
+    same for the current: ``iDecay = round((1 - alpha) * 4096)``."""
     return int(round((1.0 - float(beta)) * DECAY_UNITY))
 
 
@@ -175,13 +207,54 @@ def layer_scale(w_scale: float, max_abs_b: float, theta: float, input_scale: flo
     return min(cands) * s_x
 
 
-def _scalar_param(info, name: str) -> float:
-    arr = collapse_neuron_param(neuron_array(info.layer, name, info.out_shape), info.kind)
+def _one_value(info, name: str, arr: np.ndarray, field_name: str) -> float:
+    arr = collapse_neuron_param(arr, BASE_KIND[info.kind])
     if np.ndim(arr) != 0:
         raise ValueError(
             f"layer {info.index} ({type(info.layer).__name__}) has per-neuron {name} (shape "
-            f"{tuple(np.shape(arr))}); netx holds one {name} per layer")
+            f"{tuple(np.shape(arr))}); netx holds one {name} per layer ({field_name})")
     return float(arr)
+
+
+def _scalar_param(info, name: str) -> float:
+    key = {"beta": "neuron/vDecay", "threshold": "neuron/vThMant"}.get(name, name)
+    return _one_value(info, name, neuron_array(info.layer, name, info.out_shape), key)
+
+
+def _alpha(info) -> float:
+    """The layer's synaptic-current decay alpha (0 for LIF layers); one value per layer."""
+    decay = info.layer.synaptic_decay() if info.kind.startswith("cuba_") else None
+    if decay is None:  # alpha = 0 everywhere: no current state
+        return 0.0
+    arr = torch.broadcast_to(decay.detach().to("cpu"), tuple(info.out_shape)).numpy().copy()
+    return _one_value(info, "alpha", arr, "neuron/iDecay")
+
+
+def _recurrent(layer) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(V, b_V) as float64 arrays, or None for a feed-forward layer / a missing b_V."""
+    get = getattr(layer, "recurrent_parameters", None)
+    V, bV = get() if get is not None else (None, None)
+    return (None if V is None else to_numpy(V).astype(np.float64),
+            None if bV is None else to_numpy(bV).astype(np.float64))
+
+
+def _layer_bias(info, alpha: float, b_rec: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """The Loihi bias in spikelfp units: b + b_V (alpha = 0), None without biases. With alpha >
+    0 a nonzero b or b_V is refused: spikelfp filters it through the current, Loihi does not."""
+    b = None if info.layer.bias is None else to_numpy(info.layer.bias).astype(np.float64)
+    parts = [(n, a) for n, a in (("b", b), ("b_V", b_rec)) if a is not None]
+    if alpha > 0:
+        nonzero = [n for n, a in parts if np.any(a != 0)]
+        if nonzero:
+            raise _refuse(info, f"it has a nonzero bias ({' and '.join(nonzero)}) and "
+                                f"alpha={alpha:g} > 0: spikelfp adds the bias to the synaptic "
+                                f"current, which alpha filters, but Loihi adds its bias to v "
+                                f"unfiltered, so netx cannot hold it exactly; train with config "
+                                f"'bias: false' (no b and no b_V) or with alpha 0")
+        return None
+    if not parts:
+        return None
+    return sum(a for _, a in parts)
 
 
 def _refuse(info, why: str) -> ValueError:
@@ -192,7 +265,7 @@ def _refuse(info, why: str) -> ValueError:
 def _check_layer(info) -> None:
     if info.kind == "maxpool":
         raise _refuse(info, "netx has no pooling layer and Loihi cannot max-pool spikes")
-    if info.kind in ("dense", "conv") and info.layer.reset != "zero":
+    if info.kind in BASE_KIND and info.layer.reset != "zero":
         raise _refuse(info, f"reset={info.layer.reset!r}; Loihi's CUBA neuron resets to zero "
                             f"(train with reset 'zero')")
 
@@ -213,17 +286,23 @@ class FloatLayer:
     dilation: Tuple[int, int] = (1, 1)
     groups: int = 1
     name: str = ""
+    alpha: float = 0.0  # synaptic-current decay (0: no current state)
+    weight_rec: Optional[np.ndarray] = None  # V [out, out] of a recurrent dense layer
 
 
 def float_layer(info) -> FloatLayer:
-    """The float parameters of a dense/conv layer (one beta and threshold, else ValueError)."""
+    """The float parameters of a dense/conv layer, LIF or CUBA (one beta, threshold and alpha,
+    the bias b + b_V only with alpha = 0; else a one-line ValueError naming the layer)."""
     layer = info.layer
-    f = FloatLayer(info.kind, tuple(info.in_shape), tuple(info.out_shape),
-                   to_numpy(layer.weight).astype(np.float64),
-                   to_numpy(layer.bias).astype(np.float64) if layer.bias is not None else None,
+    kind = BASE_KIND[info.kind]
+    alpha = _alpha(info)
+    V, bV = _recurrent(layer)
+    f = FloatLayer(kind, tuple(info.in_shape), tuple(info.out_shape),
+                   to_numpy(layer.weight).astype(np.float64), _layer_bias(info, alpha, bV),
                    _scalar_param(info, "beta"), _scalar_param(info, "threshold"),
-                   name=f"layer {info.index} ({type(layer).__name__})")
-    if info.kind == "conv":
+                   name=f"layer {info.index} ({type(layer).__name__})", alpha=alpha,
+                   weight_rec=V)
+    if kind == "conv":
         f.stride, f.padding = tuple(layer.stride), tuple(layer.padding)
         f.dilation, f.groups = tuple(layer.dilation), int(layer.groups)
     return f
@@ -251,10 +330,10 @@ def fold_avgpool_into_conv(pool, f: FloatLayer) -> FloatLayer:
     if f.dilation != (1, 1):
         raise _refuse(pool, "it cannot be folded into a dilated conv")
     wt = np.repeat(np.repeat(f.weight, kh, axis=2), kw, axis=3) / (kh * kw)
-    return FloatLayer("conv", tuple(pool.in_shape), f.out_shape, wt, f.bias, f.beta, f.theta,
-                      (f.stride[0] * kh, f.stride[1] * kw),
-                      (f.padding[0] * kh, f.padding[1] * kw), (1, 1), f.groups,
-                      f"{f.name} with {type(pool.layer).__name__} {pool.index} folded in")
+    return replace(f, in_shape=tuple(pool.in_shape), weight=wt,
+                   stride=(f.stride[0] * kh, f.stride[1] * kw),
+                   padding=(f.padding[0] * kh, f.padding[1] * kw), dilation=(1, 1),
+                   name=f"{f.name} with {type(pool.layer).__name__} {pool.index} folded in")
 
 
 def fold_avgpool_into_dense(pool, f: FloatLayer) -> FloatLayer:
@@ -267,18 +346,21 @@ def fold_avgpool_into_dense(pool, f: FloatLayer) -> FloatLayer:
     wt = np.repeat(np.repeat(wt, kh, axis=2), kw, axis=3) / (kh * kw)
     full = np.zeros((wt.shape[0], c, h, w))
     full[:, :, :hp * kh, :wp * kw] = wt
-    return FloatLayer("dense", (c * h * w,), f.out_shape, full.reshape(full.shape[0], -1),
-                      f.bias, f.beta, f.theta,
-                      name=f"{f.name} with {type(pool.layer).__name__} {pool.index} folded in")
+    return replace(f, in_shape=(c * h * w,), weight=full.reshape(full.shape[0], -1),
+                   name=f"{f.name} with {type(pool.layer).__name__} {pool.index} folded in")
 
 
 def _quantize_float(f: FloatLayer, input_scale: float,
                     clip_fractions: Sequence[float] = (1.0,)) -> NetxLayer:
     w, b = f.weight, f.bias
     max_b = float(np.abs(b).max()) if b is not None and b.size else 0.0
-    scale = layer_scale(weight_scale(w, clip_fractions), max_b, f.theta, input_scale)
+    # W sees the input payload (x * s_x), V the layer's 0/1 spikes: one grid for [W, s_x V]
+    joint = w.reshape(-1) if f.weight_rec is None else np.concatenate(
+        [w.reshape(-1), f.weight_rec.reshape(-1) * input_scale])
+    scale = layer_scale(weight_scale(joint, clip_fractions), max_b, f.theta, input_scale)
     # the weights see the input payload (x * s_x), bias and threshold the current
     w_int = quantize_weight(w, scale / input_scale)
+    w_rec = None if f.weight_rec is None else quantize_weight(f.weight_rec, scale)
     v_th = int(round(f.theta * scale))
     if v_th < 1:
         raise ValueError(f"{f.name} cannot be exported to netx: threshold {f.theta:g} rounds to "
@@ -286,8 +368,9 @@ def _quantize_float(f: FloatLayer, input_scale: float,
     bias = None if b is None else np.clip(np.round(b * scale), -BIAS_MAX - 1,
                                           BIAS_MAX).astype(np.int64)
     return NetxLayer(f.kind, f.in_shape, f.out_shape, weight=w_int, bias=bias, v_th_mant=v_th,
-                     v_decay=quantize_decay(f.beta), scale=scale, stride=f.stride,
-                     padding=f.padding, dilation=f.dilation, groups=f.groups, name=f.name)
+                     v_decay=quantize_decay(f.beta), i_decay=quantize_decay(f.alpha),
+                     scale=scale, stride=f.stride, padding=f.padding, dilation=f.dilation,
+                     groups=f.groups, name=f.name, weight_rec=w_rec)
 
 
 def float_layers(infos) -> List[object]:
@@ -335,7 +418,8 @@ def quantize_network(network, input_shape: Optional[Sequence[int]] = None, *,
                      weight_clip: str = "mse") -> NetxNetwork:
     """The netx integers of ``network`` (see the module docstring); raises a one-line
     ValueError naming the first layer Loihi cannot run. AvgPool2d layers (stride = kernel, no
-    padding) are folded into the next conv or flatten + dense layer.
+    padding) are folded into the next conv or flatten + dense layer. CUBA layers get
+    ``iDecay = round((1 - alpha) 4096)``, recurrent dense layers ``weight_rec`` (``dense_rec``).
 
     input_mode ``binary`` takes 0/1 spikes (spike encoders); ``graded`` takes integer payloads:
     ``round(x * input_scale)`` (constant encoder, default input_scale 8) or event counts
@@ -358,7 +442,7 @@ def quantize_network(network, input_shape: Optional[Sequence[int]] = None, *,
     infos = describe_network(network, input_shape, NETX_SUPPORTED, "netx")
     for info in infos:
         _check_layer(info)
-    if not any(i.kind in ("dense", "conv") for i in infos):
+    if not any(i.kind in BASE_KIND for i in infos):
         raise ValueError("the network has no dense or conv layer; nothing to run on Loihi")
     layers: List[NetxLayer] = []
     s_x = input_scale
@@ -375,26 +459,46 @@ def quantize_network(network, input_shape: Optional[Sequence[int]] = None, *,
                        time_steps, str(input_encoding or ""))
 
 
+def _weight_problem(w: np.ndarray, key: str) -> Optional[str]:
+    """Why integer weights do not fit netx's grid (even, [-256, 254]), or None."""
+    w = np.asarray(w)
+    if w.size == 0 or not (w.min() < -256 or w.max() > WEIGHT_MAX or np.any(w % 2)):
+        return None
+    return f"{key} in [{w.min()}, {w.max()}] are not even integers in [-256, {WEIGHT_MAX}]"
+
+
+def _recurrent_problem(ly: NetxLayer) -> Optional[str]:
+    if not ly.recurrent:
+        return None
+    n = int(np.asarray(ly.weight).shape[0])
+    if ly.kind != "dense" or tuple(np.shape(ly.weight_rec)) != (n, n):
+        return (f"weight_rec of shape {tuple(np.shape(ly.weight_rec))} needs a dense layer and "
+                f"shape ({n}, {n})")
+    return _weight_problem(ly.weight_rec, "recurrent weights")
+
+
+def _outside(key: str, value: int, lo: int, hi: int) -> Optional[str]:
+    return None if lo <= value <= hi else f"{key}={value} outside [{lo}, {hi}]"
+
+
 def check_ranges(plan: NetxNetwork) -> None:
     """Raise a one-line ValueError naming the layer when a number does not fit Loihi's field:
-    weights even in [-256, 254] (8-bit signed mantissa), bias in [-4096, 4095] (13 bits),
-    vThMant in [1, 131071] (17 bits), vDecay in [0, 4096] and iDecay = 4096 (12-bit decays)."""
+    weights and recurrent weights even in [-256, 254] (8-bit signed mantissa), bias in
+    [-4096, 4095] (13 bits), vThMant in [1, 131071] (17 bits), vDecay and iDecay in [0, 4096]
+    (12-bit decays; netx passes du = iDecay - 1 and Lava adds 1)."""
     for ly in plan.synaptic:
-        w = np.asarray(ly.weight)
-        checks = (
-            (w.size > 0 and (w.min() < -256 or w.max() > WEIGHT_MAX or np.any(w % 2)),
-             f"weights in [{w.min() if w.size else 0}, {w.max() if w.size else 0}] are not even "
-             f"integers in [-256, {WEIGHT_MAX}]"),
-            (ly.bias is not None and (np.min(ly.bias) < -BIAS_MAX - 1
-                                      or np.max(ly.bias) > BIAS_MAX),
-             f"bias outside [{-BIAS_MAX - 1}, {BIAS_MAX}]"),
-            (not 1 <= ly.v_th_mant <= VTH_MAX, f"vThMant={ly.v_th_mant} outside [1, {VTH_MAX}]"),
-            (not 0 <= ly.v_decay <= DECAY_UNITY, f"vDecay={ly.v_decay} outside [0, {DECAY_UNITY}]"),
-            (ly.i_decay != DECAY_UNITY, f"iDecay={ly.i_decay}; only {DECAY_UNITY} (no current "
-                                        f"state) matches spikelfp's LIF"),
+        bias_bad = ly.bias is not None and (np.min(ly.bias) < -BIAS_MAX - 1
+                                            or np.max(ly.bias) > BIAS_MAX)
+        problems = (
+            _weight_problem(ly.weight, "weights"),
+            _recurrent_problem(ly),
+            f"bias outside [{-BIAS_MAX - 1}, {BIAS_MAX}]" if bias_bad else None,
+            _outside("vThMant", ly.v_th_mant, 1, VTH_MAX),
+            _outside("vDecay", ly.v_decay, 0, DECAY_UNITY),
+            _outside("iDecay", ly.i_decay, 0, DECAY_UNITY),
         )
-        for bad, why in checks:
-            if bad:
+        for why in problems:
+            if why:
                 raise ValueError(f"{ly.name or ly.kind} cannot be written for netx: {why}")
 
 
@@ -443,11 +547,13 @@ def _write_netx_file(h5py, tmp: str, plan: NetxNetwork, extra: Mapping[str, Any]
         g0.create_dataset("shape", data=np.array(plan.input_shape, np.int64))
         for i, ly in enumerate(plan.layers, start=1):
             g = root.create_group(str(i))
-            _put_type(g, ly.kind)
+            _put_type(g, ly.netx_type)
             g.create_dataset("shape", data=np.array(ly.out_shape, np.int64))
             if ly.kind == "flatten":
                 continue
             g.create_dataset("weight", data=ly.weight.astype(np.int64))
+            if ly.recurrent:  # netx's dense_rec: V on the layer's own spikes of step t - 1
+                g.create_dataset("weight_rec", data=ly.weight_rec.astype(np.int64))
             if ly.bias is not None:
                 g.create_dataset("bias", data=ly.bias.astype(np.int64))
             g.create_dataset("scale", data=np.float64(ly.scale))
@@ -514,40 +620,54 @@ def _pair(ds) -> Tuple[int, int]:
     return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
 
 
+def _read_dense(g, ly: NetxLayer, shape: Tuple[int, ...], rec: bool) -> None:
+    """Dense geometry; ``dense_rec`` also reads ``weight_rec`` (netx reshapes 1-D weights)."""
+    n = int(np.prod(shape))
+    ly.out_shape = (n,)
+    if ly.weight.ndim == 1:
+        ly.weight = ly.weight.reshape(n, -1)
+    if rec:
+        ly.weight_rec = _ints(g["weight_rec"]).reshape(n, -1)
+
+
+def _read_conv(g, ly: NetxLayer) -> None:
+    if ly.weight.ndim == 5:
+        ly.weight = ly.weight.reshape(ly.weight.shape[:4])
+    ly.stride = _pair(g["stride"]) if "stride" in g else (1, 1)
+    ly.padding = _pair(g["padding"]) if "padding" in g else (0, 0)
+    ly.dilation = _pair(g["dilation"]) if "dilation" in g else (1, 1)
+    ly.groups = int(np.asarray(g["groups"][()]).reshape(-1)[0]) if "groups" in g else 1
+
+
 def _read_layer(g, where: str, in_shape: Tuple[int, ...]) -> NetxLayer:
     kind = _ascii(g["type"])
     shape = tuple(int(s) for s in np.asarray(g["shape"][()]).reshape(-1))
     if kind == "flatten":
         return NetxLayer("flatten", in_shape, (int(np.prod(in_shape)),), name=where)
-    if kind not in ("dense", "conv"):
-        raise ValueError(f"{where}: layer type {kind!r} is not simulated (dense, conv, flatten)")
+    if kind not in ("dense", "dense_rec", "conv"):
+        raise ValueError(f"{where}: layer type {kind!r} is not simulated (dense, dense_rec, "
+                         f"conv, flatten)")
     n = g["neuron"]
     ntype = _ascii(n["type"])
     if ntype not in ("CUBA", "LOIHI"):
         raise ValueError(f"{where}: neuron type {ntype!r} is not simulated (CUBA)")
-    w = _ints(g["weight"])
-    ly = NetxLayer(kind, in_shape, shape, weight=w,
+    ly = NetxLayer("conv" if kind == "conv" else "dense", in_shape, shape,
+                   weight=_ints(g["weight"]),
                    bias=_ints(g["bias"]).reshape(-1) if "bias" in g else None,
                    v_th_mant=int(np.asarray(n["vThMant"][()])),
                    v_decay=int(np.asarray(n["vDecay"][()])),
                    i_decay=int(np.asarray(n["iDecay"][()])),
                    scale=float(np.asarray(g["scale"][()])) if "scale" in g else 1.0, name=where)
-    if kind == "dense":
-        ly.out_shape = (int(np.prod(shape)),)
-        if w.ndim == 1:
-            ly.weight = w.reshape(ly.out_shape[0], -1)
+    if kind == "conv":
+        _read_conv(g, ly)
     else:
-        if w.ndim == 5:
-            ly.weight = w.reshape(w.shape[:4])
-        ly.stride = _pair(g["stride"]) if "stride" in g else (1, 1)
-        ly.padding = _pair(g["padding"]) if "padding" in g else (0, 0)
-        ly.dilation = _pair(g["dilation"]) if "dilation" in g else (1, 1)
-        ly.groups = int(np.asarray(g["groups"][()]).reshape(-1)[0]) if "groups" in g else 1
+        _read_dense(g, ly, shape, kind == "dense_rec")
     return ly
 
 
 def read_netx(path: PathLike) -> NetxNetwork:
-    """Read a netx HDF5 file (ours, or any CUBA dense/conv/flatten file) as :class:`NetxNetwork`,
+    """Read a netx HDF5 file (ours, or any CUBA dense/dense_rec/conv/flatten file) as
+    :class:`NetxNetwork`,
     reading the numbers as netx does (integers via ``astype(int)``)."""
     h5py = _h5py()
     p = Path(path)

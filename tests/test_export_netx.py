@@ -197,7 +197,7 @@ def test_range_check_names_the_layer():
     for change, words in (({"weight": np.array([[300, 0], [0, 2]])}, "not even integers"),
                           ({"weight": np.array([[3, 0], [0, 2]])}, "not even integers"),
                           ({"bias": np.array([5000, 0])}, "bias outside"),
-                          ({"v_th_mant": 0}, "vThMant=0"), ({"i_decay": 0}, "iDecay=0")):
+                          ({"v_th_mant": 0}, "vThMant=0"), ({"i_decay": 4097}, "iDecay=4097")):
         plan = _hand_plan()
         for k, v in change.items():
             setattr(plan.layers[0], k, v)

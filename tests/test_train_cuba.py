@@ -68,6 +68,17 @@ def test_default_model_is_unchanged():
     assert [type(m) for m in net] == [snn.Flatten, snn.LIFLinear, snn.LIFLinear]
 
 
+def test_bias_false_drops_b_and_b_v():
+    """``bias: false`` gives a recurrent CUBA layer without b and b_V (what netx needs with alpha > 0)."""
+    spec = dict(model="mlp", input_shape=[1, 8, 8], num_classes=10, hidden=[16], neuron="cuba", alpha=0.5,
+                recurrent=True)
+    with_bias = build_model(spec)
+    assert with_bias[1].bias is not None and with_bias[1].recurrent_parameters()[1] is not None
+    net = build_model(dict(spec, bias=False))
+    V, bV = net[1].recurrent_parameters()
+    assert net[1].bias is None and V is not None and bV is None and net[2].bias is None
+
+
 def test_cuba_init_is_scaled_by_one_minus_alpha():
     torch.manual_seed(0)
     lif = build_model(dict(model="mlp", input_shape=[4], num_classes=2, hidden=[3]))

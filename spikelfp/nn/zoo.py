@@ -49,7 +49,8 @@ def _dense(spec: dict, a: int, b: int, bias: bool, lif: dict, hidden: bool):
     rec = bool(spec.get("recurrent", False)) and hidden
     if spec.get("neuron", "lif") == "lif" and not rec:
         return LIFLinear(a, b, bias=bias, **lif)
-    return _scaled(CubaLIFLinear(a, b, bias=bias, alpha=alpha, recurrent=rec, **lif), 1.0 - alpha)
+    return _scaled(CubaLIFLinear(a, b, bias=bias, alpha=alpha, recurrent=rec, recurrent_bias=bias, **lif),
+                   1.0 - alpha)  # bias: false removes b and b_V (a netx-exportable CUBA net)
 
 
 def _conv(spec: dict, *args, **kw):
