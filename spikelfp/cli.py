@@ -67,6 +67,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--optimizer", help="sgd | adam | adamw")
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--grad-clip", dest="grad_clip", type=float,
+                   help="clip the update's global L2 norm to this value before the optimizer step "
+                        "(after data-parallel averaging; default: off)")
     p.add_argument("--schedule", help="none | cosine | step | onecycle")
     p.add_argument("--val-fraction", dest="val_fraction", type=float)
     p.add_argument("--seed", type=int)
@@ -95,7 +98,7 @@ def _add_trainer_flags(p: argparse.ArgumentParser) -> None:
 _BASE_TRAIN_KEYS = ("dataset", "data_root", "download", "limit", "test_limit", "steps", "device",
                     "batch_size", "encoder", "model", "hidden", "beta", "threshold", "reset", "neuron",
                     "alpha", "recurrent", "trainer",
-                    "epochs", "lr", "optimizer", "momentum", "weight_decay", "schedule",
+                    "epochs", "lr", "optimizer", "momentum", "weight_decay", "grad_clip", "schedule",
                     "val_fraction", "seed", "dtype", "out", "run_name", "progress", "cache_dir",
                     "event_window_us", "event_denoise_us", "event_first_saccade", "event_merge_polarity",
                     "event_downsample", "event_binary")

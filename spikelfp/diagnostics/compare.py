@@ -57,7 +57,7 @@ from ..train.runs import RUN_MARKER
 from .memory import peak_memory
 
 #: Base keys a ``--set TRAINER.KEY=VALUE`` may change besides the trainer's own keys.
-PER_TRAINER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "step_size", "gamma",
+PER_TRAINER_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "grad_clip", "schedule", "step_size", "gamma",
                     "log_updates_every", "save_every")
 
 #: Network keys a ``--set TRAINER.KEY=VALUE`` may change: a trainer that needs another width

@@ -32,7 +32,7 @@ BASE_DEFAULTS: Dict[str, Any] = {
     # trainer (its own keys come from the registry)
     "trainer": "lfp",
     # optimization
-    "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
+    "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "grad_clip": None,
     "schedule": None, "step_size": 5, "gamma": 0.5,
     "epochs": 20, "batch_size": 32, "seed": 0,
     # run
@@ -80,7 +80,7 @@ _NONNEG_INT = ("num_workers", "log_updates_every", "save_every")
 _OPT_POSITIVE_INT = ("limit", "test_limit")
 _POSITIVE_FLOAT = ("lr", "threshold")
 _NONNEG_FLOAT = ("weight_decay", "momentum")
-_OPT_POSITIVE_FLOAT = ("event_window_us", "event_denoise_us")
+_OPT_POSITIVE_FLOAT = ("event_window_us", "event_denoise_us", "grad_clip")
 # (keys, type, may be null, lowest value, lowest excluded)
 _NUMERIC = (
     (_POSITIVE_INT, int, False, 1, False), (_NONNEG_INT, int, False, 0, False),

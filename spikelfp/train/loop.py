@@ -211,6 +211,8 @@ def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip,
         out = trainer.step(Batch(inp, y, idx.to(device), steps, epoch, step), want_stats=want)
         if not getattr(trainer, "reduces_gradients", False):
             average_gradients(trainer.net.parameters(), len(y), info)  # one all-reduce (no-op alone)
+        if cfg["grad_clip"] is not None:  # on the averaged update: the same in every process
+            torch.nn.utils.clip_grad_norm_(trainer.net.parameters(), cfg["grad_clip"])
         optimizer.step()
         pos["global_step"], pos["done"] = step + 1, batch_i + 1
         if scheduler is not None:
