@@ -227,6 +227,8 @@ def test_step_and_stream_equal_run(alpha, recurrent, reset):
             for rec, full in zip(recs, trace.records):
                 assert torch.equal(rec.spikes, full.spikes[t])
                 assert torch.equal(rec.membrane, full.membrane[t])
+            assert torch.equal(recs[0].current, net[0].current(frame))  # W x + b, computed once
+            assert torch.equal(recs[1].current, net[1].current(trace.records[0].spikes[t]))
         state = None
         cur = net[0].current(frame)
         for t in range(12):

@@ -75,6 +75,10 @@ class LayerRecord(NamedTuple):
     x: Tensor
     membrane: Optional[Tensor] = None
     spikes: Optional[Tensor] = None
+    #: :meth:`Sequential.stream` only: the step's feed-forward synaptic current ``W x_t + b``
+    #: ``[B, *out]`` of a synaptic layer (for a constant input's first layer the one tensor
+    #: computed once); None elsewhere.
+    current: Optional[Tensor] = None
 
 
 def _pair(v) -> Tuple[int, int]:

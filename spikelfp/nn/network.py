@@ -68,8 +68,8 @@ class Sequential(nn.Sequential):
 
     def stream(self, x: Tensor, steps: Optional[int] = None) -> Iterator[List[LayerRecord]]:
         """Step-by-step forward that keeps no trace: yields, for t = 1..T, one
-        :class:`LayerRecord` per layer holding that step's input ``[B, *in]``, membrane and spikes
-        ``[B, *out]`` (the values :meth:`run` records at t: bit-identical for a constant input; for a
+        :class:`LayerRecord` per layer holding that step's input ``[B, *in]``, membrane, spikes
+        and (synaptic layers) feed-forward current ``[B, *out]`` (the values :meth:`run` records at t: bit-identical for a constant input; for a
         sequence up to the rounding of one matmul over B rows instead of T*B). With a constant input
         (``steps=T``) the layers up to the first synaptic one see one frame, whose current is
         computed once; their records then carry that frame as ``x`` at every step."""
@@ -92,10 +92,10 @@ class Sequential(nn.Sequential):
             h = const_inputs[first] if steps is not None else x[t]
             recs: List[LayerRecord] = [LayerRecord(c) for c in const_inputs[:first]]
             for i in range(first, len(layers)):
-                cur = const_current if (i == first and steps is not None) else None
+                cur = _step_current(layers[i], h, const_current if (i == first and steps is not None) else None)
                 out, states[i] = layers[i].step(h, states[i], current=cur)
                 st = states[i]
-                recs.append(LayerRecord(h, st.membrane, st.spikes) if st is not None else LayerRecord(h))
+                recs.append(LayerRecord(h, st.membrane, st.spikes, cur) if st is not None else LayerRecord(h))
                 h = out
             yield recs
 
@@ -144,3 +144,11 @@ def _check_run_input(x: Tensor, steps: Optional[int], n_layers: int) -> None:
         raise ValueError("input has T=0 steps; T must be >= 1")
     if n_layers == 0:
         raise ValueError("Sequential: the network has no layers")
+
+
+def _step_current(layer: nn.Module, h: Tensor, known: Optional[Tensor]) -> Optional[Tensor]:
+    """The feed-forward current of a synaptic layer at one step (``known`` if given); None for a
+    stateless layer."""
+    if known is not None or getattr(layer, "kind", "") != "synaptic":
+        return known
+    return layer.current(h)

@@ -273,7 +273,7 @@ class FFzeroTrainer(Trainer):
                 if steps is not None and s.index == first and j in const_current:
                     cur = const_current[j]
                 else:
-                    cur = self._perturbed_current(s.module, rec.x, dirs[j], eps)
+                    cur = self._perturbed_current(s.module, rec.x, rec.current, dirs[j], eps)
                     if steps is not None and s.index == first:
                         const_current[j] = cur  # constant input: the same currents at every t
                 first_step = j not in pert_state
@@ -319,11 +319,13 @@ class FFzeroTrainer(Trainer):
         return dict(zip(keys, flat.split([losses[j].numel() for j in keys])))
 
     @staticmethod
-    def _perturbed_current(layer: nn.Module, x_t: Tensor, dirs: List[Optional[Tensor]],
-                           eps: float) -> Tensor:
-        """``[I + eps dI_1..K ; I - eps dI_1..K]`` ``[2K, B, *out]``: the unperturbed current once,
-        the K direction currents in one batched matmul/convolution."""
-        i_t = layer.current(x_t)
+    def _perturbed_current(layer: nn.Module, x_t: Tensor, i_t: Optional[Tensor],
+                           dirs: List[Optional[Tensor]], eps: float) -> Tensor:
+        """``[I + eps dI_1..K ; I - eps dI_1..K]`` ``[2K, B, *out]``: the unperturbed current
+        ``i_t`` (the network's own, from :meth:`Sequential.stream`; computed if None), the K
+        direction currents in one batched matmul/convolution."""
+        if i_t is None:
+            i_t = layer.current(x_t)
         d = direction_currents(layer.ops, x_t, dirs[0], dirs[1]).mul_(eps)
         return torch.cat([i_t.unsqueeze(0) + d, i_t.unsqueeze(0) - d])
 
