@@ -23,7 +23,7 @@ so other trainers with the same seed get the same network init and data order).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -112,6 +112,20 @@ def neuron_shapes(net: nn.Module, input_shape: Tuple[int, ...], device=None, dty
     return [tuple(recs[i].spikes.shape[1:]) for i, _ in net.synaptic_layers()]
 
 
+
+class ForwardSums(NamedTuple):
+    """What :meth:`F3Trainer._forward_sums` keeps per synaptic layer j: S_j = sum_t s_t, A_j =
+    sum_t a_t, M_j (spike-factor correlations), the (spike, input) traces where the plan needs
+    them, V = sum_t v^L_t of the output layer, the constant input frame x0 and s_T of each layer."""
+
+    S: List[Any]
+    A: List[Any]
+    M: List[Any]
+    traces: Tuple[List[List[Tensor]], List[List[Tensor]]]
+    V: Any
+    x0: Optional[Tensor]
+    last: List[Any]
+
 class F3Trainer(Trainer):
     """F3 / DRTP / DFA for LIF networks, memory flat in T (see the module docstring)."""
 
@@ -185,24 +199,24 @@ class F3Trainer(Trainer):
         self._check_index(index)
         return read_store(self.store, self.seen, index, yc), index
 
-    def _forward_sums(self, batch: Batch, deltas: List[Optional[Tensor]], plan: Dict[str, List[bool]]):
+    def _forward_sums(self, batch: Batch, deltas: List[Optional[Tensor]],
+                      plan: Dict[str, List[bool]]) -> "ForwardSums":
         """Run the forward step by step; per synaptic layer j keep S_j = sum_t s_t, and as the
-        plan says A_j = sum_t a_t, M_j = sum_t correlate(delta_j * s_t, a_t) or the trace.
-        Returns (S, A, M, (spike trace, input trace), V = sum_t v^L_t, the constant input frame)."""
+        plan says A_j = sum_t a_t, M_j = sum_t correlate(delta_j * s_t, a_t) or the trace."""
         L = len(self.syn)
         S: List[Any] = [None] * L
         A: List[Any] = [None] * L
         M: List[Any] = [None] * L
         traces: Tuple[List[List[Tensor]], List[List[Tensor]]] = ([[] for _ in range(L)], [[] for _ in range(L)])
         V, x0 = None, None
-        self._last_spikes: List[Any] = [None] * L  # s_T (recurrent layers: sum_t s_{t-1} = S - s_T)
+        last: List[Any] = [None] * L  # s_T (recurrent layers: sum_t s_{t-1} = S - s_T)
         for t, recs in enumerate(self.net.stream(batch.x, batch.steps)):
             if t == 0:
                 x0 = recs[self.syn[0][0]].x
             for j, (i, layer) in enumerate(self.syn):
                 rec = recs[i]
                 S[j] = rec.spikes.to(self.dtype, copy=True) if t == 0 else S[j].add_(rec.spikes)
-                self._last_spikes[j] = rec.spikes
+                last[j] = rec.spikes
                 if plan["A"][j]:
                     A[j] = rec.x.clone() if t == 0 else A[j].add_(rec.x)
                 if plan["M"][j]:
@@ -213,7 +227,7 @@ class F3Trainer(Trainer):
                     traces[1][j].append(rec.x)
             mem = recs[-1].membrane
             V = mem.clone() if t == 0 else V.add_(mem)
-        return S, A, M, traces, V, x0
+        return ForwardSums(S, A, M, traces, V, x0, last)
 
     @torch.no_grad()
     def compute(self, batch: Batch) -> Tuple[Dict[str, Tensor], StepResult]:
@@ -235,7 +249,7 @@ class F3Trainer(Trainer):
         plan = {"A": [loc != "spike" and not const_in[j] for j, loc in enumerate(locals_)],
                 "M": [spike[j] and deltas[j] is not None for j in range(L)],
                 "trace": [spike[j] and deltas[j] is None for j in range(L)]}
-        S, A, M, traces, V, x0 = self._forward_sums(batch, deltas, plan)
+        S, A, M, traces, V, x0, last = self._forward_sums(batch, deltas, plan)
         yhat = S[-1] / T
         current = y - yhat
         if e is None:  # current (DFA): known only now
@@ -262,7 +276,7 @@ class F3Trainer(Trainer):
                 grads[f"{self.names[i]}.bias"] = gb
             if _recurrent(layer):  # V like W, with input s_{t-1}: sum_t s_{t-1} = S - s_T
                 Vw, bV = layer.recurrent_parameters()
-                prev = S[j] - self._last_spikes[j].to(self.dtype)
+                prev = S[j] - last[j].to(self.dtype)
                 gv, gbv = direction_from_sums(d, local_factor(locals_[j], S[j], T), prev, T,
                                               LinearOps(), Vw.shape, bV is not None)
                 grads[f"{self.names[i]}.recurrent_weight"] = gv
