@@ -121,7 +121,8 @@ NOT_RUN: Dict[str, str] = {
 # README commands that do not run as written (key: the command; value: why), run as strict xfails.
 README_FAILS: Dict[str, str] = {}
 
-PLACEHOLDER = re.compile(r"\b(?:RUN_DIR|RUNS|DATA|MASTER|FILE|NAME|CONFIG|DIR)\b|[\[|]|(?<![\w/.])runs/")
+# "[" only where it opens optional syntax (" [--flag ...]"); "key=[256]" is a YAML list value
+PLACEHOLDER = re.compile(r"\b(?:RUN_DIR|RUNS|DATA|MASTER|FILE|NAME|CONFIG|DIR)\b|(?:^|\s)\[|\||(?<![\w/.])runs/")
 
 
 # ----------------------------------------------------------------------------- README parsing
