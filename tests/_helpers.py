@@ -10,3 +10,17 @@ def boost(net, factor=3.0):
             if getattr(m, "weight", None) is not None:
                 m.weight.mul_(factor)
     return net
+
+
+def assert_netx_refuses(tmp_path, net, shape, words):
+    """``write_netx`` refuses ``net`` with a one-line ValueError holding every one of ``words``
+    and writes nothing."""
+    import pytest
+
+    from hardware_export.netx_export import write_netx
+
+    with pytest.raises(ValueError) as e:
+        write_netx(net, tmp_path / "x.h5", shape)
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """Shared pytest setup: every test starts from a fixed seed and leaves torch's global state as
 it found it (default dtype, grad mode), so tests cannot leak float64 or no_grad into others."""
 
+import contextlib
 import warnings
 
 import pytest
@@ -21,11 +22,26 @@ def _isolate_torch_state():
     assert leaked == dtype, f"test changed the default dtype to {leaked} and did not restore it"
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def single_thread():
     """One intra-op thread for tests on tiny tensors: on a busy 2-core machine two threads per
     process oversubscribe the CPU and make such tests several times slower (values unchanged)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _intra_op_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """:func:`single_thread` for a whole module (its module-scoped fixtures included)."""
+    with _intra_op_threads(1):
+        yield

@@ -31,12 +31,9 @@ TIMES = ("epoch_seconds", "wall_seconds")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors; two threads on a busy 2-core machine only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_thread_module):
+    """One intra-op thread: tiny nets; two threads on a busy 2-core machine only spin."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

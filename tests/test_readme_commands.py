@@ -479,12 +479,9 @@ def check(res: Result) -> None:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
+def _one_thread(single_thread_module):
     """One intra-op thread: tiny nets; two threads on a busy 2-core machine only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
