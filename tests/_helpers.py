@@ -24,3 +24,32 @@ def assert_netx_refuses(tmp_path, net, shape, words):
     msg = str(e.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
     assert list(tmp_path.iterdir()) == []
+
+
+def lava_or_skip():
+    """The Lava harness module, or skip: the Lava tests run only with SPIKELFP_LAVA_PYTHON."""
+    import pytest
+
+    from hardware_export.lava_harness import lava_python
+
+    if not lava_python():
+        pytest.skip("SPIKELFP_LAVA_PYTHON is not set: these tests run the file in Lava's "
+                    "Loihi simulator (bash ../shared/tools/lava-env.sh /tmp/lava310, then "
+                    "SPIKELFP_LAVA_PYTHON=/tmp/lava310/bin/python)")
+    from hardware_export import lava_harness
+
+    return lava_harness
+
+
+def assert_lava_fixed_pt_matches(tmp_path, net, shape, mode):
+    """The netx file of ``net`` runs bit for bit the same in Lava (fixed_pt) and in loihi_sim on
+    random payloads (binary or graded input), with spikes."""
+    from hardware_export import loihi_sim as ls
+    from hardware_export.netx_export import read_netx, write_netx
+
+    lh = lava_or_skip()
+    path = write_netx(net, tmp_path / "n.h5", shape, input_mode=mode,
+                      input_scale=4 if mode == "graded" else None, time_steps=10)
+    x = ls.random_payloads(read_netx(path), steps=10, batch=12, seed=0, rate=0.4)
+    res = lh.compare_lava(path, x, "fixed_pt")
+    assert res["identical"] and res["spikes_reference"] > 0, res

@@ -10,7 +10,7 @@ import torch.nn.functional as Fn
 
 h5py = pytest.importorskip("h5py")
 
-from _helpers import assert_netx_refuses  # noqa: E402
+from _helpers import assert_lava_fixed_pt_matches, assert_netx_refuses, lava_or_skip  # noqa: E402
 from hardware_export import loihi_sim as ls  # noqa: E402
 from hardware_export.netx_export import (  # noqa: E402
     NetxLayer,
@@ -331,26 +331,13 @@ def test_cli_netx_refuses_subtract(tmp_path, capsys):
 # ------------------------------------------------------------------ Lava (opt-in)
 
 def _lava():
-    from hardware_export.lava_harness import lava_python
-
-    if not lava_python():
-        pytest.skip("SPIKELFP_LAVA_PYTHON is not set: these tests run the file in Lava's "
-                    "Loihi simulator (bash ../shared/tools/lava-env.sh /tmp/lava310, then "
-                    "SPIKELFP_LAVA_PYTHON=/tmp/lava310/bin/python)")
-    from hardware_export import lava_harness
-
-    return lava_harness
+    return lava_or_skip()
 
 
 @pytest.mark.parametrize("make,shape,mode", [(_dense, (12,), "binary"),
                                              (_conv, (2, 7, 7), "graded")])
 def test_lava_fixed_pt_matches_the_simulation(tmp_path, make, shape, mode):
-    lh = _lava()
-    path = write_netx(make(), tmp_path / "n.h5", shape, input_mode=mode,
-                      input_scale=4 if mode == "graded" else None, time_steps=10)
-    x = ls.random_payloads(read_netx(path), steps=10, batch=12, seed=0, rate=0.4)
-    res = lh.compare_lava(path, x, "fixed_pt")
-    assert res["identical"] and res["spikes_reference"] > 0, res
+    assert_lava_fixed_pt_matches(tmp_path, make(), shape, mode)
 
 
 def test_lava_raw_stream_matches_the_simulation(tmp_path):
