@@ -53,3 +53,18 @@ def assert_lava_fixed_pt_matches(tmp_path, net, shape, mode):
     x = ls.random_payloads(read_netx(path), steps=10, batch=12, seed=0, rate=0.4)
     res = lh.compare_lava(path, x, "fixed_pt")
     assert res["identical"] and res["spikes_reference"] > 0, res
+
+
+def assert_lava_raw_stream_matches(tmp_path, net, shape):
+    """Lava's raw stream of one 30-step input (run 33 steps, no sample resets) equals
+    ``loihi_sim.simulate_stream`` spike for spike, with spikes."""
+    from hardware_export import loihi_sim as ls
+    from hardware_export.netx_export import read_netx, write_netx
+
+    lh = lava_or_skip()
+    path = write_netx(net, tmp_path / "n.h5", shape)
+    plan = read_netx(path)
+    x = ls.random_payloads(plan, steps=30, batch=1, seed=1, rate=0.4)
+    lava = lh.run_lava(path, x[:, 0], 33)
+    sim = ls.simulate_stream(plan, x, 33)[:, 0]
+    assert torch.equal(lava, sim) and sim.sum() > 0

@@ -10,7 +10,12 @@ import torch.nn.functional as Fn
 
 h5py = pytest.importorskip("h5py")
 
-from _helpers import assert_lava_fixed_pt_matches, assert_netx_refuses, lava_or_skip  # noqa: E402
+from _helpers import (  # noqa: E402
+    assert_lava_fixed_pt_matches,
+    assert_lava_raw_stream_matches,
+    assert_netx_refuses,
+    lava_or_skip,
+)
 from hardware_export import loihi_sim as ls  # noqa: E402
 from hardware_export.netx_export import (  # noqa: E402
     NetxLayer,
@@ -341,13 +346,7 @@ def test_lava_fixed_pt_matches_the_simulation(tmp_path, make, shape, mode):
 
 
 def test_lava_raw_stream_matches_the_simulation(tmp_path):
-    lh = _lava()
-    path = write_netx(_dense(), tmp_path / "n.h5", (12,))
-    plan = read_netx(path)
-    x = ls.random_payloads(plan, steps=30, batch=1, seed=1, rate=0.4)
-    lava = lh.run_lava(path, x[:, 0], 33)
-    sim = ls.simulate_stream(plan, x, 33)[:, 0]
-    assert torch.equal(lava, sim) and sim.sum() > 0
+    assert_lava_raw_stream_matches(tmp_path, _dense(), (12,))
 
 
 def test_lava_floating_pt_cannot_select_netx_models(tmp_path):

@@ -9,7 +9,12 @@ import torch
 
 h5py = pytest.importorskip("h5py")
 
-from _helpers import assert_lava_fixed_pt_matches, assert_netx_refuses, lava_or_skip  # noqa: E402
+from _helpers import (  # noqa: E402
+    assert_lava_fixed_pt_matches,
+    assert_lava_raw_stream_matches,
+    assert_netx_refuses,
+    lava_or_skip,
+)
 from hardware_export import loihi_sim as ls  # noqa: E402
 from hardware_export.netx_export import (  # noqa: E402
     NetxLayer,
@@ -384,10 +389,4 @@ def test_lava_hand_recurrent_plan_and_sample_boundary(tmp_path):
 
 
 def test_lava_raw_stream_of_a_recurrent_net_with_bias(tmp_path):
-    lh = _lava()
-    path = write_netx(_rec_lif(), tmp_path / "n.h5", (12,))
-    plan = read_netx(path)
-    x = ls.random_payloads(plan, steps=30, batch=1, seed=1, rate=0.4)
-    lava = lh.run_lava(path, x[:, 0], 33)
-    sim = ls.simulate_stream(plan, x, 33)[:, 0]
-    assert torch.equal(lava, sim) and sim.sum() > 0
+    assert_lava_raw_stream_matches(tmp_path, _rec_lif(), (12,))
