@@ -254,7 +254,8 @@ def _networks_text(comp: Dict[str, Any]) -> str:
     nets = {t: p.get("network", "") for t, p in comp["per_trainer"].items()}
     if len(set(nets.values())) <= 1:
         return f"the same {next(iter(nets.values()), '')} network"
-    common = max(set(nets.values()), key=list(nets.values()).count)
+    values = list(nets.values())
+    common = max(values, key=values.count)  # the most frequent; ties: the first trainer's
     own = ", ".join(f"{t} on {n} (set per trainer)" for t, n in nets.items() if n != common)
     return f"the {common} network ({own})"
 
