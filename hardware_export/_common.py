@@ -21,6 +21,10 @@ PathLike = Union[str, os.PathLike]
 #: (``beta = 1 - dt / tau``), so exporting with this dt lets snnTorch recover beta exactly.
 DEFAULT_DT = 1e-4
 
+#: Loihi's / netx's 12-bit decay scale: a decay fraction d is the number d * 4096 (integer on the
+#: chip, unrounded in the HDF5 layout).
+DECAY_UNITY = 4096
+
 
 class ResetMismatchError(ValueError):
     """The network uses reset "subtract", which NIR 1.0 cannot express."""

@@ -29,6 +29,7 @@ from spikelfp.nn import (
 )
 
 from ._common import (
+    DECAY_UNITY,
     DEFAULT_DT,
     PathLike,
     atomic_write,
@@ -44,8 +45,6 @@ from ._common import (
 FORMAT_NAME = "spikelfp-hdf5"
 FORMAT_VERSION = 1
 HDF5_SUPPORTED = ("dense", "conv", "cuba_dense", "cuba_conv", "avgpool", "maxpool", "flatten")
-#: netx's decay scale: a decay fraction d is written as d * 4096 (12-bit fixed point on Loihi).
-DECAY_SCALE = 4096
 
 #: Root attributes (file-level metadata). ``time_steps`` is -1 and ``input_encoding`` "" when
 #: unknown.
@@ -109,11 +108,11 @@ def _write_neuron(h5py, group, layer) -> None:
     _put_str(h5py, n, "type", "CUBA" if layer.reset == "zero" else "CUBA-SUBTRACT")
     if hasattr(layer, "alpha"):  # CUBA: the current keeps alpha of itself per step
         alpha = _neuron_param(layer, "alpha")
-        n.create_dataset("iDecay", data=((1.0 - alpha.astype(np.float64)) * DECAY_SCALE))
+        n.create_dataset("iDecay", data=((1.0 - alpha.astype(np.float64)) * DECAY_UNITY))
         n.create_dataset("alpha", data=alpha)
     else:  # the current decays fully each step
-        n.create_dataset("iDecay", data=np.int64(DECAY_SCALE))
-    n.create_dataset("vDecay", data=((1.0 - beta.astype(np.float64)) * DECAY_SCALE))
+        n.create_dataset("iDecay", data=np.int64(DECAY_UNITY))
+    n.create_dataset("vDecay", data=((1.0 - beta.astype(np.float64)) * DECAY_UNITY))
     n.create_dataset("vThMant", data=theta)
     n.create_dataset("refDelay", data=np.int64(1))
     n.create_dataset("gradedSpike", data=False)
@@ -246,8 +245,8 @@ def _alpha_from(group, fd) -> Optional[np.ndarray]:
     n = group["neuron"]
     if "alpha" in n:
         return np.asarray(n["alpha"][()], dtype=fd)
-    if "iDecay" in n and np.any(np.asarray(n["iDecay"][()], np.float64) != DECAY_SCALE):
-        return (1.0 - np.asarray(n["iDecay"][()], np.float64) / DECAY_SCALE).astype(fd)
+    if "iDecay" in n and np.any(np.asarray(n["iDecay"][()], np.float64) != DECAY_UNITY):
+        return (1.0 - np.asarray(n["iDecay"][()], np.float64) / DECAY_UNITY).astype(fd)
     return None
 
 
@@ -259,7 +258,7 @@ def _neuron_from(group, where: str, fd):
         beta = np.asarray(n["beta"][()], dtype=fd)
         theta = np.asarray(n["threshold"][()], dtype=fd)
     else:  # a netx-style file: derive from the fixed-point names
-        beta = (1.0 - np.asarray(n["vDecay"][()], np.float64) / DECAY_SCALE).astype(fd)
+        beta = (1.0 - np.asarray(n["vDecay"][()], np.float64) / DECAY_UNITY).astype(fd)
         theta = np.asarray(n["vThMant"][()], dtype=fd)
     if "reset" in n:
         reset = _get_str(n["reset"])

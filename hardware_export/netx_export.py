@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from ._common import (
+    DECAY_UNITY,
     PathLike,
     atomic_write,
     check_output_path,
@@ -71,8 +72,6 @@ NETX_FORMAT_VERSION = 1
 NETX_SUPPORTED = ("dense", "conv", "cuba_dense", "cuba_conv", "flatten", "avgpool", "maxpool")
 #: The netx layer a synaptic kind of :func:`describe_network` becomes.
 BASE_KIND = {"dense": "dense", "conv": "conv", "cuba_dense": "dense", "cuba_conv": "conv"}
-#: netx's 12-bit decay scale (a decay fraction d is the integer d * 4096).
-DECAY_UNITY = 4096
 #: The largest |weight| written: 8-bit signed mantissa k in [-128, 127] times 2 (netx clips
 #: mixed-sign weights to [-256, 254]; we use the symmetric part).
 WEIGHT_MAX = 254
