@@ -2,7 +2,7 @@
 
 Not run by CI. Trains every (trainer, T, seed) combination with the settings in
 ``configs/mnist_mlp_lfp.yaml`` and ``configs/mnist_mlp_surrogate.yaml`` (same net, epochs and
-batch size), then reports test accuracy mean +- std per epoch, seconds per epoch and the
+batch size; the LFP preset resets to zero since 2026-11-29, the surrogate one subtracts), then reports test accuracy mean +- std per epoch, seconds per epoch and the
 hidden-layer spike rate of each trained net.
 
     python benchmarks/accuracy.py --data-root ../shared/data/mnist --steps 15 25 --seeds 0 1 2 \
