@@ -124,9 +124,10 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     scopes (an all-reduce MAX across processes in data-parallel training). Returns
     :class:`LayerFeedback`.
 
-    The reverse scan over t runs as one compiled kernel (:mod:`spikelfp.core.fused`, numba) on
-    CPU float32/float64 tensors without ``max_reduce``; otherwise (no numba, ``SPIKELFP_FUSED=0``,
-    CUDA, data-parallel max) as a loop of torch ops with the same arithmetic.
+    The reverse scan over t runs as compiled kernels (:mod:`spikelfp.core.fused`: numba on CPU,
+    Triton on CUDA) on float32/float64 tensors without ``max_reduce``; otherwise (no numba or
+    triton, ``SPIKELFP_FUSED=0``, data-parallel max) as a loop of torch ops with the same
+    arithmetic.
     """
     normalize = check_norm_scope(normalize)
     if temporal not in TEMPORAL_MODES:
@@ -182,7 +183,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
             normalize=normalize if normalize in ("step", "sample") else None,
             direction=direction, keep=keep, details=details, base=base, P=P, N=N)
     else:
-        bufs, sums, F_buf, c_buf = _reverse_scan_torch(
+        bufs, sums, F_buf, c_buf = reverse_scan_torch(
             r, membrane, spikes, beta_t, th, reset=reset, spiking=spiking, rule=rule,
             normalize=normalize, direction=direction, keep=keep, details=details, base=base,
             P=P, N=N, max_reduce=max_reduce)
@@ -220,7 +221,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     return LayerFeedback(G_W, G_b, below, F_buf, c_buf, tuple(bufs) if ab else bufs[0])
 
 
-def _reverse_scan_torch(  # noqa: C901  (one loop over t, all rules)
+def reverse_scan_torch(  # noqa: C901  (one loop over t, all rules)
         r, membrane, spikes, beta_t, th, *, reset, spiking, rule, normalize, direction, keep,
         details, base, P, N, max_reduce):
     """The reverse scan of :func:`synaptic_layer_feedback` as a loop of torch ops over t (the

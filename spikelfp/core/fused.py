@@ -1,5 +1,6 @@
-"""Compiled (numba, CPU) kernels for the LIF scans: the LFP reverse scan of one layer (spec
-section 3) and the no-grad Heaviside forward scan (spec section 1).
+"""Compiled kernels for the LIF scans (numba on CPU; Triton on CUDA, in
+:mod:`spikelfp.core.fused_triton`): the LFP reverse scan of one layer (spec section 3) and the
+no-grad Heaviside forward scan (spec section 1).
 
 Reverse scan:
 For t = T..1 (c_T = 0), per neuron, exactly what the torch loop of
@@ -25,8 +26,9 @@ bit for bit). Forward scan (:func:`lif_forward`): one pass per step, bit-identic
 loop of :func:`spikelfp.core.lif.lif_scan` (the same operations, no fused multiply-add).
 
 Switch: ``SPIKELFP_FUSED=0`` in the environment (read at import) or :func:`set_enabled` turns the
-kernels off; without numba they are off. :func:`usable` says whether a call can take this path (CPU,
-float32/float64, no cross-process max reduction). Arrays are flattened to ``[T, M]`` with
+kernels off; without numba they are off. :func:`usable` says whether a call can take this path
+(float32/float64, no cross-process max reduction; CPU with numba, or CUDA with triton: CUDA tensors
+go to the Triton kernels of :mod:`spikelfp.core.fused_triton`, same contract and arithmetic). Arrays are flattened to ``[T, M]`` with
 M = B * neurons, sample-major (the layout of ``[T, B, *out]``).
 """
 
@@ -68,11 +70,26 @@ def set_enabled(flag: bool) -> bool:
 
 
 def usable(membrane: Tensor, max_reduce=None) -> bool:
-    """Whether a reverse scan over ``membrane`` can run fused: switched on, numba present, a CPU
-    float32/float64 tensor and no cross-process reduction of the max (the kernel cannot call one
-    between its two passes)."""
-    return (enabled() and max_reduce is None and membrane.device.type == "cpu"
-            and membrane.dtype in (torch.float32, torch.float64))
+    """Whether a scan over ``membrane`` can run fused: switched on, a float32/float64 tensor, no
+    cross-process reduction of the max (a kernel cannot call one between its passes), and
+    numba for a CPU tensor or triton for a CUDA tensor (:mod:`spikelfp.core.fused_triton`)."""
+    if not (_ENABLED and max_reduce is None and membrane.dtype in (torch.float32, torch.float64)):
+        return False
+    if membrane.device.type == "cpu":
+        return HAVE_NUMBA
+    return membrane.device.type == "cuda" and _triton() is not None
+
+
+def _triton():
+    """The Triton module when triton imports (imported on first use: CUDA only), else None."""
+    global _TRITON
+    if _TRITON is False:
+        from . import fused_triton
+        _TRITON = fused_triton if fused_triton.available() else None
+    return _TRITON
+
+
+_TRITON = False
 
 
 def _kernel(  # noqa: C901  (the whole scan in one compiled function)
@@ -295,6 +312,9 @@ def lif_forward(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T:
     """Fused no-grad Heaviside LIF scan (see :func:`_lif_kernel`): returns ``(spikes, membrane)``
     ``[T, *frame_shape]``, spikes uint8 with ``compact`` else in the current's dtype;
     bit-identical to the torch loop of :func:`spikelfp.core.lif.lif_scan`."""
+    if current.device.type == "cuda":
+        return _triton().lif_forward(current, beta, threshold, reset, T, frame_shape, constant,
+                                     compact)
     dt = current.dtype
     V = torch.empty((T, *frame_shape), dtype=dt, device=current.device)
     S = torch.empty(V.shape, dtype=torch.uint8 if compact else dt, device=V.device)
@@ -359,6 +379,11 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     alphabeta) when ``keep``, else None; ``sums`` the list of sum_t n_t ``[B, *out]`` when not
     ``keep``; ``F`` and ``c`` (normalized feedback and arriving temporal term) with ``details``.
     """
+    if membrane.device.type == "cuda":
+        return _triton().reverse_scan(
+            r, membrane, spikes, beta, threshold, reset=reset, spiking=spiking, rule=rule,
+            normalize=normalize, direction=direction, keep=keep, details=details, base=base,
+            P=P, N=N)
     if not HAVE_NUMBA:  # pragma: no cover
         raise RuntimeError("the fused reverse scan needs numba; check spikelfp.core.fused.usable first")
     dt = membrane.dtype
