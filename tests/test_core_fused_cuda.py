@@ -18,7 +18,9 @@ import torch
 import spikelfp.nn as snn
 from spikelfp import LFP
 from spikelfp.core import fused, fused_triton
+import spikelfp.core.feedback as fb
 from spikelfp.core.feedback import reverse_scan_torch
+from spikelfp.core.fused import scan_outputs
 from spikelfp.core.lif import lif_scan
 from spikelfp.core.rules import RULES, make_rule
 
@@ -82,14 +84,34 @@ def _case(seed, reset, dtype, device, T=7, B=5, n=37, rule="epsilon"):
     return tr, r, beta.to(device), sums
 
 
+def _in_two_chunks(scan, r, v, s, beta, kw, split=3):
+    """The scan as two chunks (steps split..T-1, then 0..split-1) with c carried between them,
+    as ``synaptic_layer_feedback`` runs a lazy feedback."""
+    k = 2 if kw["rule"].name == "alphabeta" else 1
+    out = scan_outputs(v, k, kw["keep"], kw["details"])
+    carry = torch.zeros_like(v[0])
+    for a, b in ((split, v.shape[0]), (0, split)):
+        lo = max(0, a - 1)
+        part = {n: (kw[n][lo:b] if kw[n] is not None and kw[n].dim() == v.dim() else kw[n])
+                for n in ("base", "P", "N")}
+        sub = (None if out[0] is None else [n[lo:b] for n in out[0]], out[1],
+               None if out[2] is None else out[2][lo:b], None if out[3] is None else out[3][lo:b])
+        scan(r[lo:b], v[lo:b], s[lo:b], beta, 1.0, **{**kw, **part}, out=sub, carry=carry, stop=a - lo)
+    return out
+
+
 def _scan_both(scan, rule, reset, normalize, dtype, device, **flags):
     tr, r, beta, sums = _case(3, reset, dtype, device, rule=rule)
     kw = dict(reset=reset, rule=make_rule(rule, 0.1), normalize=normalize, **flags, **sums)
-    a = scan(r, tr.membrane, tr.spikes.to(torch.uint8), beta, 1.0, **kw)
+    k = 2 if rule == "alphabeta" else 1
+    a = scan(r, tr.membrane, tr.spikes.to(torch.uint8), beta, 1.0,
+             out=scan_outputs(tr.membrane, k, flags["keep"], flags["details"]), **kw)
     th = torch.ones((), dtype=dtype, device=device)
     b = reverse_scan_torch(r, tr.membrane, tr.spikes, beta, th, max_reduce=None, **kw)
-    for what, x, y in zip(("n", "sums", "F", "c"), a, b):
+    c = _in_two_chunks(scan, r, tr.membrane, tr.spikes.to(torch.uint8), beta, kw)
+    for what, x, y, z in zip(("n", "sums", "F", "c"), a, b, c):
         _close(x, y, 1e-12, f"{rule}/{reset}/{normalize}/{flags}: {what}")
+        _close(z, y, 1e-12, f"{rule}/{reset}/{normalize}/{flags}: {what} (two chunks)")
 
 
 FLAGS = [dict(spiking=True, direction=False, keep=True, details=True),
@@ -118,7 +140,9 @@ def test_triton_scan_equals_torch_loop(rule, dtype):
         tr, r, beta, sums = _case(4, "subtract", dtype, CUDA, rule=rule)
         kw = dict(reset="subtract", rule=make_rule(rule, 0.1), normalize="step", spiking=True,
                   direction=False, keep=True, details=True, **sums)
-        a = fused_triton.reverse_scan(r, tr.membrane, tr.spikes.bool(), beta, 1.0, **kw)
+        a = fused_triton.reverse_scan(r, tr.membrane, tr.spikes.bool(), beta, 1.0,
+                                      out=scan_outputs(tr.membrane, 2 if rule == "alphabeta" else 1,
+                                                       True, True), **kw)
         th = torch.ones((), dtype=dtype, device=CUDA)
         b = reverse_scan_torch(r, tr.membrane, tr.spikes, beta, th, max_reduce=None, **kw)
         for what, x, y in zip("nsFc", a, b):
@@ -139,7 +163,8 @@ def test_triton_scan_large_layer_and_nan():
         r[3, 1, 17] = float("nan")
         kw = dict(reset="subtract", rule=make_rule("epsilon", 1e-6), normalize=normalize,
                   spiking=True, direction=False, keep=True, details=True, base=None, P=None, N=None)
-        a = fused_triton.reverse_scan(r, tr.membrane, tr.spikes, beta, 1.0, **kw)
+        a = fused_triton.reverse_scan(r, tr.membrane, tr.spikes, beta, 1.0,
+                                      out=scan_outputs(tr.membrane, 1, True, True), **kw)
         th = torch.ones((), dtype=torch.float64, device=CUDA)
         b = reverse_scan_torch(r, tr.membrane, tr.spikes, beta, th, max_reduce=None, **kw)
         for what, x, y in zip("nsFc", a, b):
@@ -211,8 +236,12 @@ def test_golden_vectors_on_cuda(on):
 
 @needs_cuda
 @pytest.mark.parametrize("on", [True, False])
-def test_lfp_step_cuda_matches_cpu(on):
-    """A whole LFP update of a conv net and an MLP on CUDA equals the CPU's (float64)."""
+@pytest.mark.parametrize("chunk", [None, 2 * 6 * 300])
+def test_lfp_step_cuda_matches_cpu(on, chunk, monkeypatch):
+    """A whole LFP update of a conv net and an MLP on CUDA equals the CPU's (float64); also with
+    the lazy feedback scanned in chunks of 2 steps on CUDA."""
+    if chunk is not None:
+        monkeypatch.setattr(fb, "LAZY_CHUNK", chunk)
     torch.manual_seed(3)
     dt = torch.float64
     nets = [snn.Sequential(snn.LIFConv2d(1, 4, 3, padding=1, dtype=dt), snn.MaxPool2d(2),

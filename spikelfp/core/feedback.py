@@ -17,13 +17,13 @@ is passed straight through. The non-spiking ReLU mode is the same with z^u = 0 a
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as Fn
 
 from . import fused
-from .rules import TEMPORAL_MODES, Rule, check_norm_scope, maxabs_normalize
+from .rules import NORM_FLOOR, TEMPORAL_MODES, Rule, check_norm_scope, maxabs_normalize
 
 Tensor = torch.Tensor
 DEFAULT_RULE = Rule()
@@ -45,6 +45,24 @@ class LayerFeedback(NamedTuple):
     feedback: Optional[Tensor] = None
     temporal: Optional[Tensor] = None
     n: Optional[Union[Tensor, tuple]] = None
+
+
+class LazyFeedback(NamedTuple):
+    """Feedback ``[T, B, *shape]`` made a slice of steps at a time: ``rows(a, b)`` returns rows
+    a..b-1, so the whole tensor need never exist. A synaptic layer asked for ``lazy_below``
+    sends this down (the layer's n and weights, kept until the layer below has scanned it), and
+    :func:`synaptic_layer_feedback` below reads it chunk by chunk in its reverse scan."""
+
+    rows: Callable[[int, int], Tensor]
+    shape: Tuple[int, ...]
+
+    def materialize(self) -> Tensor:
+        """The whole feedback as one tensor."""
+        return self.rows(0, self.shape[0])
+
+
+#: elements of r per chunk of steps when a lazy feedback is scanned (1 MB of float32)
+LAZY_CHUNK = 1 << 18
 
 
 def _neuron_view(p: Tensor, neuron_dims: int) -> Tensor:
@@ -112,6 +130,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     need_below: bool = True,
     details: bool = False,
     max_reduce=None,
+    lazy_below: bool = False,
 ) -> LayerFeedback:
     """Propagate the feedback ``r`` (arriving at this layer's output, ``[T, B, *out]``) through a
     synaptic layer (Linear/Conv2d + LIF, or + ReLU when ``spiking=False``).
@@ -121,8 +140,10 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     ``membrane`` and ``spikes`` are the forward's v_t and s_t (for ReLU: pre-activation and
     activation); ``spikes`` and ``x`` may be compact (uint8/bool 0/1, ``run(compact=True)``).
     ``max_reduce``: applied to each batch-wide max of the ``step`` and ``layer``
-    scopes (an all-reduce MAX across processes in data-parallel training). Returns
-    :class:`LayerFeedback`.
+    scopes (an all-reduce MAX across processes in data-parallel training). ``r`` may be a
+    :class:`LazyFeedback` (then the scan runs in chunks of steps, each chunk of r made just before
+    it is read, carrying c across chunks: the same numbers without a whole r), and
+    ``lazy_below=True`` returns the feedback below as one. Returns :class:`LayerFeedback`.
 
     The reverse scan over t runs as compiled kernels (:mod:`spikelfp.core.fused`: numba on CPU,
     Triton on CUDA) on float32/float64 tensors without ``max_reduce``; otherwise (no numba or
@@ -138,15 +159,15 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     b = bias.detach() if bias is not None else None
     x = x.detach()
     # a record from a forward run with grad enabled must not make G part of an autograd graph
-    r, membrane, spikes = r.detach(), membrane.detach(), spikes.detach()
+    membrane, spikes = membrane.detach(), spikes.detach()
+    if not isinstance(r, LazyFeedback):
+        r = r.detach()
     B = membrane.shape[1]
     neuron_dims = membrane.dim() - 2
     const = x.dim() == membrane.dim() - 1
     eps = rule.epsilon
 
-    dt, dev = membrane.dtype, membrane.device
-    beta_t = torch.as_tensor(beta, dtype=dt, device=dev)
-    th = torch.as_tensor(threshold, dtype=dt, device=dev)
+    dt = membrane.dtype
     bview = _neuron_view(b, neuron_dims) if b is not None else None
     name = rule.name
     ab = name == "alphabeta"
@@ -171,22 +192,19 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         if bview is not None:
             P, N = P + bview.clamp(min=0), N + bview.clamp(max=0)
 
-    if normalize == "layer":
-        r = maxabs_normalize(r, reduce=max_reduce)
-
     # n is kept whole only where it is needed: for the feedback below, for a time-varying input,
     # or for details. The lowest layer under a constant input only needs sum_t n_t.
     keep = need_below or not const or details
-    if fused.usable(membrane, max_reduce):
-        bufs, sums, F_buf, c_buf = fused.reverse_scan(
-            r, membrane, spikes, beta, threshold, reset=reset, spiking=spiking, rule=rule,
-            normalize=normalize if normalize in ("step", "sample") else None,
-            direction=direction, keep=keep, details=details, base=base, P=P, N=N)
+    scan = dict(reset=reset, spiking=spiking, rule=rule, direction=direction, keep=keep,
+                details=details, base=base, P=P, N=N)
+    if isinstance(r, LazyFeedback):
+        bufs, sums, F_buf, c_buf = _chunked_scan(r, membrane, spikes, beta, threshold, normalize,
+                                                 max_reduce, scan)
     else:
-        bufs, sums, F_buf, c_buf = reverse_scan_torch(
-            r, membrane, spikes, beta_t, th, reset=reset, spiking=spiking, rule=rule,
-            normalize=normalize, direction=direction, keep=keep, details=details, base=base,
-            P=P, N=N, max_reduce=max_reduce)
+        if normalize == "layer":
+            r = maxabs_normalize(r, reduce=max_reduce)
+        bufs, sums, F_buf, c_buf = _scan(r, membrane, spikes, beta, threshold, normalize,
+                                         max_reduce, scan)
 
     scale = 1.0 / B if batch_reduction == "mean" else 1.0
     if keep:
@@ -205,28 +223,108 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         G_b = None
         if b is not None:
             G_b = b.abs() * torch.where(b > 0, ops.bias_sum(sp), ops.bias_sum(sn)) * scale
-        below = None
         if need_below:
-            n_p, n_n = bufs
-            below = xp * (ops.transpose(n_p, Wp, x.shape) + ops.transpose(n_n, Wn, x.shape))
-            if signed:
-                below = below + xn * (ops.transpose(n_p, Wn, x.shape) + ops.transpose(n_n, Wp, x.shape))
+            below = _below_alphabeta(ops, bufs, (Wp, Wn), (xp, xn if signed else None), const)
     else:
         G_W = absW.mul_(correlate_any(ops, totals[0], x, W.shape, dt)).mul_(scale)
         G_b = b.abs() * ops.bias_sum(totals[0]) * scale if b is not None else None
-        below = mul_input_(ops.transpose(bufs[0], W, x.shape), x) if need_below else None
+        if need_below:
+            below = _below_linear(ops, bufs[0], W, x, const)
+    if need_below:
+        T = membrane.shape[0]
+        below = LazyFeedback(below, (T, *x.shape) if const else tuple(x.shape)) if lazy_below \
+            else below(0, T)
+    else:
+        below = None
 
     if not details:
         return LayerFeedback(G_W, G_b, below)
     return LayerFeedback(G_W, G_b, below, F_buf, c_buf, tuple(bufs) if ab else bufs[0])
 
 
+def _below_linear(ops, n: Tensor, W: Tensor, x: Tensor, const: bool):
+    """rows(a, b) of the feedback below, x_t * (n_t W) (spec section 3), for steps a..b-1."""
+    def rows(a: int, b: int) -> Tensor:
+        xa = x if const else x[a:b]
+        return mul_input_(ops.transpose(n[a:b], W, xa.shape), xa)
+    return rows
+
+
+def _below_alphabeta(ops, n, Ws, xs, const: bool):
+    """rows(a, b) of the alphabeta feedback below: x+ (n+ W+ + n- W-) [+ x- (n+ W- + n- W+)]."""
+    (n_p, n_n), (Wp, Wn), (xp, xn) = n, Ws, xs
+
+    def rows(a: int, b: int) -> Tensor:
+        xpa = xp if const else xp[a:b]
+        sh = xpa.shape
+        out = xpa * (ops.transpose(n_p[a:b], Wp, sh) + ops.transpose(n_n[a:b], Wn, sh))
+        if xn is not None:
+            xna = xn if const else xn[a:b]
+            out = out + xna * (ops.transpose(n_p[a:b], Wn, sh) + ops.transpose(n_n[a:b], Wp, sh))
+        return out
+    return rows
+
+
+def _scan(r, membrane, spikes, beta, threshold, normalize, max_reduce, scan, **part):
+    """One reverse scan: the compiled kernels where they can run, else the torch loop (``part``:
+    ``out``, ``carry``, ``stop`` for one chunk of a longer scan)."""
+    if fused.usable(membrane, max_reduce):
+        return fused.reverse_scan(r, membrane, spikes, beta, threshold,
+                                  normalize=normalize if normalize in ("step", "sample") else None,
+                                  **scan, **part)
+    dt, dev = membrane.dtype, membrane.device
+    return reverse_scan_torch(r, membrane, spikes, torch.as_tensor(beta, dtype=dt, device=dev),
+                              torch.as_tensor(threshold, dtype=dt, device=dev),
+                              normalize=normalize, max_reduce=max_reduce, **scan, **part)
+
+
+def _lazy_maxabs(r: LazyFeedback, step: int, reduce=None) -> Tensor:
+    """max|r| over every chunk (the ``layer`` scope), as :func:`maxabs_normalize` takes it."""
+    m = None
+    for a in range(0, r.shape[0], step):
+        lo, hi = torch.aminmax(r.rows(a, min(r.shape[0], a + step)))
+        mc = torch.maximum(hi, -lo)
+        m = mc if m is None else torch.maximum(m, mc)
+    if reduce is not None:
+        m = reduce(m)
+    return torch.where(m > NORM_FLOOR, m, torch.ones_like(m))
+
+
+def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize, max_reduce, scan):
+    """The reverse scan over a lazy feedback, chunk by chunk from the last steps: each chunk's
+    r is made, (``layer`` scope: divided by the max over all chunks), scanned with c carried in
+    from the chunk after it, and dropped. Outputs are written into whole buffers."""
+    T = membrane.shape[0]
+    step = max(1, LAZY_CHUNK // max(1, membrane[0].numel()))
+    out = fused.scan_outputs(membrane, 2 if scan["rule"].name == "alphabeta" else 1,
+                             scan["keep"], scan["details"])
+    m = _lazy_maxabs(r, step, max_reduce) if normalize == "layer" else None
+    carry = torch.zeros_like(membrane[0])
+    for b in range(T, 0, -step):
+        a = max(0, b - step)
+        lo = a - 1 if a > 0 else 0  # step a reads v and s at a - 1
+        rows = r.rows(a, b).to(membrane.dtype)
+        if m is not None:
+            rows = rows.div_(m)
+        if lo < a:  # a placeholder row for step a - 1 (scanned by the next chunk, not this one)
+            rows = torch.cat([rows[:1], rows])
+        part = {k: (v[lo:b] if v is not None and v.dim() == membrane.dim() else v)
+                for k, v in scan.items() if k in ("base", "P", "N")}
+        n_o, sums_o, F_o, c_o = out
+        sub = (None if n_o is None else [n[lo:b] for n in n_o], sums_o,
+               None if F_o is None else F_o[lo:b], None if c_o is None else c_o[lo:b])
+        _scan(rows, membrane[lo:b], spikes[lo:b], beta, threshold, normalize, max_reduce,
+              {**scan, **part}, out=sub, carry=carry, stop=a - lo)
+    return out
+
+
 def reverse_scan_torch(  # noqa: C901  (one loop over t, all rules)
         r, membrane, spikes, beta_t, th, *, reset, spiking, rule, normalize, direction, keep,
-        details, base, P, N, max_reduce):
+        details, base=None, P=None, N=None, max_reduce=None, out=None, carry=None, stop=0):
     """The reverse scan of :func:`synaptic_layer_feedback` as a loop of torch ops over t (the
     reference path, and the path where the fused kernel cannot run). Same contract as
-    :func:`spikelfp.core.fused.reverse_scan`: returns ``(n buffers | None, sums | None, F, c)``."""
+    :func:`spikelfp.core.fused.reverse_scan` (also ``out``, ``carry``, ``stop``): returns
+    ``(n buffers | None, sums | None, F, c)``."""
     T = membrane.shape[0]
     dt, dev = membrane.dtype, membrane.device
     one = torch.ones((), dtype=dt, device=dev)
@@ -239,17 +337,18 @@ def reverse_scan_torch(  # noqa: C901  (one loop over t, all rules)
     def spikes_at(t: int) -> Tensor:  # compact (uint8/bool) spikes as numbers
         return spikes[t] if spikes.is_floating_point() else spikes[t].to(dt)
 
-    bufs = [torch.empty_like(membrane) for _ in range(2 if ab else 1)] if keep else None
-    sums = None if keep else [torch.zeros_like(membrane[0]) for _ in range(2 if ab else 1)]
-    F_buf = torch.empty_like(membrane) if details else None
-    c_buf = torch.zeros_like(membrane) if details else None
+    if out is None:
+        out = fused.scan_outputs(membrane, 2 if ab else 1, keep, details)
+    bufs, sums, F_buf, c_buf = out
 
     # Reverse scan over time: elementwise work on [B, *out] views only, in three scratch buffers
     # (F_t; z^u_t, which becomes c_{t-1} in place; D_t) and the n buffers: no per-step allocation.
     F_s, C_s, D_s = (torch.empty_like(membrane[0]) for _ in range(3))
     n_tmp = None if (keep or ab) else torch.empty_like(F_s)
-    have_c = False
-    for t in range(T - 1, -1, -1):
+    have_c = carry is not None
+    if have_c:
+        C_s.copy_(carry)
+    for t in range(T - 1, stop - 1, -1):
         F = torch.add(r[t], C_s, out=F_s) if have_c else F_s.copy_(r[t])
         if normalize == "step":
             maxabs_normalize(F, inplace=True, reduce=max_reduce)
@@ -277,10 +376,10 @@ def reverse_scan_torch(  # noqa: C901  (one loop over t, all rules)
                 Zp, Zn = Zp + zu.clamp(min=0), Zn + zu.clamp(max=0)
             ns = (F * (rule.alpha / (Zp + eps)), F * (rule.beta / (Zn.abs() + eps)))
         else:
-            out = bufs[0][t] if keep else n_tmp
+            n_out = bufs[0][t] if keep else n_tmp
             if name == "zero":
                 D = torch.abs(z, out=D_s)
-                torch.where(D > 0, F / torch.where(D > 0, D, one), torch.zeros_like(F), out=out)
+                torch.where(D > 0, F / torch.where(D > 0, D, one), torch.zeros_like(F), out=n_out)
             else:
                 if name == "epsilon":
                     D = torch.abs(z, out=D_s).add_(eps)
@@ -293,8 +392,8 @@ def reverse_scan_torch(  # noqa: C901  (one loop over t, all rules)
                         D = torch.sub(z, v_prev, out=D_s).abs_().add_(v_prev.abs()).add_(eps)
                 else:  # pragma: no cover - make_rule guards this
                     raise ValueError(name)
-                torch.div(F, D, out=out)
-            ns = (out,)
+                torch.div(F, D, out=n_out)
+            ns = (n_out,)
         if ab and keep:
             for buf, n_ in zip(bufs, ns):
                 buf[t] = n_
@@ -308,7 +407,9 @@ def reverse_scan_torch(  # noqa: C901  (one loop over t, all rules)
                 zu.abs_()
             zu.mul_(n_sel)
 
-    return bufs, sums, F_buf, c_buf
+    if carry is not None and have_c:
+        carry.copy_(C_s)
+    return out
 
 
 # ----------------------------------------------------------------------------- stateless layers

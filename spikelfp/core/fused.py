@@ -93,17 +93,15 @@ _TRITON = False
 
 
 def _kernel(  # noqa: C901  (the whole scan in one compiled function)
-        r, v, s, beta, th, P, N, base, n1, n2, sums1, sums2, Fbuf, Cbuf,
+        r, v, s, beta, th, P, N, base, n1, n2, sums1, sums2, Fbuf, Cbuf, C, have_c, stop,
         rule, norm, subtract, spiking, direction, keep, details, zero_mask, B,
         eps, alpha, beta_ab, floor, one):  # pragma: no cover - compiled by numba (run by the tests)
     T, M = v.shape
     per = M // B
     F = np.empty(M, v.dtype)
-    C = np.zeros(M, v.dtype)
     mx = np.empty(B, v.dtype)
     zero = one - one  # constants in the arrays' dtype (a float64 literal would promote float32)
-    have_c = False
-    for t in range(T - 1, -1, -1):
+    for t in range(T - 1, stop - 1, -1):
         # pass 1: F_t = r_t + c_t, and its max-abs (per step or per sample); NaN -> no scaling
         if norm != 2:
             m = _fill_max(F, r, C, t, have_c, norm == 1, one)
@@ -365,32 +363,50 @@ def _steps(a: Optional[Tensor], membrane: Tensor, empty: np.ndarray) -> np.ndarr
     return a.contiguous().reshape(a.shape[0], -1).numpy()
 
 
+def scan_outputs(membrane: Tensor, k: int, keep: bool, details: bool):
+    """The outputs of a reverse scan over ``membrane`` ``[T, B, *out]``: ``(n, sums, F, c)``: ``k``
+    n buffers (``keep``) or ``k`` running sums (zeros), and F, c with ``details`` (else None)."""
+    n = [torch.empty_like(membrane) for _ in range(k)] if keep else None
+    sums = [torch.zeros_like(membrane[0]) for _ in range(k)] if not keep else None
+    F = torch.empty_like(membrane) if details else None
+    c = torch.zeros_like(membrane) if details else None
+    return n, sums, F, c
+
+
 def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *, reset: str,
                  spiking: bool, rule, normalize: Optional[str], direction: bool, keep: bool,
                  details: bool, base: Optional[Tensor] = None, P: Optional[Tensor] = None,
-                 N: Optional[Tensor] = None):
+                 N: Optional[Tensor] = None, out=None, carry: Optional[Tensor] = None,
+                 stop: int = 0):
     """Run the fused reverse scan (see the module docstring). ``r``, ``membrane``, ``spikes``:
     ``[T, B, *out]`` (spikes uint8, bool or float); ``base``: the z+z- sum ``sum |W||x| + eps (+ |b|)``,
     ``P``/``N``: the alphabeta sums of positive/negative contributions (each ``[T, B, *out]`` or a
     constant ``[B, *out]``). ``normalize``: "step", "sample" or None ("layer" must already be
     applied to ``r``).
 
+    A part of a longer scan: ``stop`` (scan t = T-1 .. stop; rows below ``stop`` are only read,
+    as step ``stop`` reads v and s at ``stop - 1``), ``carry`` (``[B, *out]``: c at the top step,
+    overwritten with c_{stop-1} at the end) and ``out`` (the outputs to write into, as from
+    :func:`scan_outputs`; the running sums accumulate).
+
     Returns ``(n, sums, F, c)``: ``n`` a list of ``[T, B, *out]`` tensors (one, or (n+, n-) for
     alphabeta) when ``keep``, else None; ``sums`` the list of sum_t n_t ``[B, *out]`` when not
     ``keep``; ``F`` and ``c`` (normalized feedback and arriving temporal term) with ``details``.
     """
+    ab = rule.name == "alphabeta"
+    k = 2 if ab else 1
+    if out is None:
+        out = scan_outputs(membrane, k, keep, details)
     if membrane.device.type == "cuda":
         return _triton().reverse_scan(
             r, membrane, spikes, beta, threshold, reset=reset, spiking=spiking, rule=rule,
             normalize=normalize, direction=direction, keep=keep, details=details, base=base,
-            P=P, N=N)
+            P=P, N=N, out=out, carry=carry, stop=stop)
     if not HAVE_NUMBA:  # pragma: no cover
         raise RuntimeError("the fused reverse scan needs numba; check spikelfp.core.fused.usable first")
     dt = membrane.dtype
     np_dt = np.float64 if dt == torch.float64 else np.float32
     B = membrane.shape[1]
-    ab = rule.name == "alphabeta"
-    k = 2 if ab else 1
     empty = np.empty((0, 0), np_dt)
     v_np = _flat(membrane)
     r_np = _flat(r.to(dt))
@@ -400,10 +416,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
         s_np = np.empty((0, 0), np.uint8)
     else:
         s_np = _flat(spikes if spikes.dtype in (torch.uint8, torch.bool) else spikes.to(torch.uint8))
-    n_t = [torch.empty_like(membrane) for _ in range(k)] if keep else None
-    sum_t = [torch.zeros_like(membrane[0]) for _ in range(k)] if not keep else None
-    F_t = torch.empty_like(membrane) if details else None
-    c_t = torch.zeros_like(membrane) if details else None
+    n_t, sum_t, F_t, c_t = out
     n_np = [_flat(n) for n in n_t] if keep else [empty, empty]
     if keep and k == 1:
         n_np.append(empty)
@@ -411,13 +424,15 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     e1 = np.empty(0, np_dt)
     sums1 = s_np_sums[0] if s_np_sums else e1
     sums2 = s_np_sums[1] if len(s_np_sums) > 1 else e1
+    C = carry.reshape(-1).numpy() if carry is not None else np.zeros(v_np.shape[1], np_dt)
     _compiled(
         r_np, v_np, s_np, _per_neuron(beta, membrane), _per_neuron(threshold, membrane),
         _steps(P, membrane, empty), _steps(N, membrane, empty), _steps(base, membrane, empty),
         n_np[0], n_np[1], sums1, sums2,
         _flat(F_t) if details else empty, _flat(c_t) if details else empty,
+        C, carry is not None, int(stop),
         RULE_CODES[rule.name], NORM_CODES[normalize], reset == "subtract", bool(spiking),
         bool(direction), bool(keep), bool(details), reset == "zero" and rule.name != "lfprop", B,
         np_dt(rule.epsilon), np_dt(rule.alpha), np_dt(rule.beta), np_dt(NORM_FLOOR), np_dt(1.0),
     )
-    return n_t, sum_t, F_t, c_t
+    return out

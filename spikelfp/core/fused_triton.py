@@ -119,12 +119,13 @@ if HAVE_TRITON:
         return zuh, rt, vt, vp, sp, base_t, p_t, n_t
 
     @triton.jit
-    def _scan_local(r, v, s, beta, th, base, P, N, n1b, n2b, sum1, sum2, Fb, Cb, consts, T, M,
-                    PB: tl.constexpr, PT: tl.constexpr, T_BASE: tl.constexpr, T_AB: tl.constexpr,
+    def _scan_local(r, v, s, beta, th, base, P, N, n1b, n2b, sum1, sum2, Fb, Cb, consts, carry,
+                    T, M, stop, CARRY: tl.constexpr, PB: tl.constexpr, PT: tl.constexpr, T_BASE: tl.constexpr, T_AB: tl.constexpr,
                     RULE: tl.constexpr, SUBTRACT: tl.constexpr, ZERO_MASK: tl.constexpr,
                     SPIKING: tl.constexpr, DIRECTION: tl.constexpr, KEEP: tl.constexpr,
                     DETAILS: tl.constexpr, BLK: tl.constexpr):
-        """The whole reverse scan of one block of neurons, no max (scope None)."""
+        """The reverse scan (t = T-1 .. stop) of one block of neurons, no max (scope None);
+        ``CARRY``: c starts from ``carry`` and c_{stop-1} is written back to it."""
         i = tl.program_id(0) * BLK + tl.arange(0, BLK)
         m = i < M
         eps = tl.load(consts)
@@ -134,9 +135,11 @@ if HAVE_TRITON:
         bt = tl.load(beta + i * PB, mask=m, other=1.0)
         tht = tl.load(th + i * PT, mask=m, other=1.0)
         C = tl.zeros([BLK], dtype=one.dtype)
+        if CARRY:
+            C = tl.load(carry + i, mask=m, other=0.0)
         acc1 = tl.zeros([BLK], dtype=one.dtype)
         acc2 = tl.zeros([BLK], dtype=one.dtype)
-        for k in range(0, T):
+        for k in range(0, T - stop):
             t = T - 1 - k
             zuh, rt, vt, vp, sp, base_t, p_t, n_t = _load_step(
                 r, v, s, base, P, N, t, i, m, M, T_BASE, T_AB, SPIKING, RULE)
@@ -154,14 +157,15 @@ if HAVE_TRITON:
                 acc1 += n1
                 acc2 += n2
         if not KEEP:
-            tl.store(sum1 + i, acc1, mask=m)
+            tl.store(sum1 + i, tl.load(sum1 + i, mask=m, other=0.0) + acc1, mask=m)
             if RULE == 3:
-                tl.store(sum2 + i, acc2, mask=m)
+                tl.store(sum2 + i, tl.load(sum2 + i, mask=m, other=0.0) + acc2, mask=m)
+        if CARRY:
+            tl.store(carry + i, C, mask=m)
 
     @triton.jit
-    def _scan_step(r, v, s, beta, th, base, P, N, n1b, n2b, sum1, sum2, Fb, Cb, consts,
-                   Fs, Cs, mx_f, mx_i, t, M, per, G,
-                   PB: tl.constexpr, PT: tl.constexpr, T_BASE: tl.constexpr, T_AB: tl.constexpr,
+    def _scan_step(r, v, s, beta, th, base, P, N, n1b, n2b, sum1, sum2, Fb, Cb, consts, carry,
+                   Fs, Cs, mx_f, mx_i, t, M, per, G, stop, CARRY: tl.constexpr, PB: tl.constexpr, PT: tl.constexpr, T_BASE: tl.constexpr, T_AB: tl.constexpr,
                    RULE: tl.constexpr, SUBTRACT: tl.constexpr, ZERO_MASK: tl.constexpr,
                    SPIKING: tl.constexpr, DIRECTION: tl.constexpr, KEEP: tl.constexpr,
                    DETAILS: tl.constexpr, BLK: tl.constexpr):
@@ -197,7 +201,10 @@ if HAVE_TRITON:
             tl.store(sum1 + i, tl.load(sum1 + i, mask=m, other=0.0) + n1, mask=m)
             if RULE == 3:
                 tl.store(sum2 + i, tl.load(sum2 + i, mask=m, other=0.0) + n2, mask=m)
-        if t > 0:
+        if CARRY:
+            if t == stop:
+                tl.store(carry + i, C, mask=m)
+        if t > stop:
             fn = tl.load(r + (t - 1) * M + i, mask=m, other=0.0) + C
             tl.store(Fs + i, fn, mask=m)
             if DETAILS:
@@ -259,22 +266,18 @@ def _flat(a: Tensor) -> Tensor:
 
 def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *, reset: str,
                  spiking: bool, rule, normalize: Optional[str], direction: bool, keep: bool,
-                 details: bool, base: Optional[Tensor] = None, P: Optional[Tensor] = None,
-                 N: Optional[Tensor] = None):
+                 details: bool, out, base: Optional[Tensor] = None, P: Optional[Tensor] = None,
+                 N: Optional[Tensor] = None, carry: Optional[Tensor] = None, stop: int = 0):
     """The reverse scan on CUDA: same arguments and returns as
-    :func:`spikelfp.core.fused.reverse_scan` (``normalize``: "step", "sample" or None)."""
+    :func:`spikelfp.core.fused.reverse_scan` (``normalize``: "step", "sample" or None; ``out``:
+    the outputs to write, from :func:`spikelfp.core.fused.scan_outputs`)."""
     T, B = membrane.shape[:2]
     M = membrane.numel() // T
     dt = membrane.dtype
-    ab = rule.name == "alphabeta"
-    k = 2 if ab else 1
     v = _flat(membrane)
     rr = _flat(r.to(dt))
     s = _flat(spikes if not spikes.is_floating_point() else spikes.to(torch.uint8)) if spiking else v
-    n_t = [torch.empty_like(membrane) for _ in range(k)] if keep else None
-    sum_t = [torch.zeros_like(membrane[0]) for _ in range(k)] if not keep else None
-    F_t = torch.empty_like(membrane) if details else None
-    c_t = torch.zeros_like(membrane) if details else None
+    n_t, sum_t, F_t, c_t = out
     outs = n_t if keep else sum_t
     o1, o2 = outs[0], outs[-1]
     bt, pb = _per_neuron(beta, membrane.shape[1:], membrane)
@@ -286,25 +289,28 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
                           device=membrane.device)
     Fb = F_t if details else v
     Cb = c_t if details else v
-    flags = dict(PB=pb, PT=pt, T_BASE=tb, T_AB=tab, RULE=RULE_CODES[rule.name],
-                 SUBTRACT=reset == "subtract", ZERO_MASK=reset == "zero" and rule.name != "lfprop",
-                 SPIKING=bool(spiking), DIRECTION=bool(direction), KEEP=bool(keep),
-                 DETAILS=bool(details), BLK=BLOCK)
-    args = (rr, v, s, bt, th, bs, Pp, Nn, o1, o2, o1, o2, Fb, Cb, consts)
+    cr = carry if carry is not None else v
+    flags = dict(CARRY=carry is not None, PB=pb, PT=pt, T_BASE=tb, T_AB=tab,
+                 RULE=RULE_CODES[rule.name], SUBTRACT=reset == "subtract",
+                 ZERO_MASK=reset == "zero" and rule.name != "lfprop", SPIKING=bool(spiking),
+                 DIRECTION=bool(direction), KEEP=bool(keep), DETAILS=bool(details), BLK=BLOCK)
+    args = (rr, v, s, bt, th, bs, Pp, Nn, o1, o2, o1, o2, Fb, Cb, consts, cr)
     if normalize is None:
-        _scan_local[(triton.cdiv(M, BLOCK),)](*args, T, M, **flags, **_opts())
-        return n_t, sum_t, F_t, c_t
+        _scan_local[(triton.cdiv(M, BLOCK),)](*args, T, M, int(stop), **flags, **_opts())
+        return out
     G = 1 if normalize == "step" else B
     per = M // G
-    Fs = rr[T - 1].clone().reshape(-1)
+    Fs = rr[T - 1].reshape(-1).clone()
+    if carry is not None:
+        Fs.add_(carry.reshape(-1))
     mx = torch.zeros((T, G), dtype=dt, device=membrane.device)
     mx[T - 1] = Fs.reshape(G, per).abs().amax(1)
-    Cs = torch.zeros_like(Fs) if details else Fs
+    Cs = (carry.reshape(-1).clone() if carry is not None else torch.zeros_like(Fs)) if details else Fs
     ints = mx.view(torch.int64 if dt == torch.float64 else torch.int32)
     grid = (G, triton.cdiv(per, BLOCK))
-    for t in range(T - 1, -1, -1):
-        _scan_step[grid](*args, Fs, Cs, mx, ints, t, M, per, G, **flags, **_opts())
-    return n_t, sum_t, F_t, c_t
+    for t in range(T - 1, int(stop) - 1, -1):
+        _scan_step[grid](*args, Fs, Cs, mx, ints, t, M, per, G, int(stop), **flags, **_opts())
+    return out
 
 
 def lif_forward(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T: int,

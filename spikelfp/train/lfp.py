@@ -32,6 +32,7 @@ import torch.nn as nn
 from ..core.clipping import adaptive_clip, clip_global_norm
 from ..core.feedback import (
     LayerFeedback,
+    LazyFeedback,
     avgpool_feedback,
     cuba_layer_feedback,
     flatten_feedback,
@@ -64,10 +65,14 @@ Tensor = torch.Tensor
 
 class FeedbackEntry(NamedTuple):
     """How LFP passes feedback through one layer type: ``fn(layer, r, record, rule, need_below,
-    details, **options) -> LayerFeedback``; ``synaptic``: the layer has parameters (a rule)."""
+    details, **options) -> LayerFeedback``; ``synaptic``: the layer has parameters (a rule);
+    ``lazy``: ``fn`` takes a :class:`~spikelfp.core.feedback.LazyFeedback` as ``r`` and, given
+    ``lazy_below=True``, returns one as ``below`` (the whole feedback tensor between two such
+    layers is then never made)."""
 
     fn: Callable[..., LayerFeedback]
     synaptic: bool
+    lazy: bool = False
 
 
 def _synaptic_feedback(layer, r, record, rule, need_below=True, details=False, **options):
@@ -89,9 +94,16 @@ def _cuba_feedback(layer, r, record, rule, need_below=True, details=False, **opt
     )
 
 
-def _flatten_feedback(layer, r, record, rule=None, need_below=True, details=False, **options):
-    below = flatten_feedback(r, record.x.shape[-layer.frame_dims:]) if need_below else None
-    return LayerFeedback(None, None, below)
+def _flatten_feedback(layer, r, record, rule=None, need_below=True, details=False,
+                      lazy_below=False, **options):
+    if not need_below:
+        return LayerFeedback(None, None, None)
+    frame = record.x.shape[-layer.frame_dims:]
+    if isinstance(r, LazyFeedback):
+        below = LazyFeedback(lambda a, b: flatten_feedback(r.rows(a, b), frame),
+                             (*r.shape[:2], *frame))
+        return LayerFeedback(None, None, below if lazy_below else below.materialize())
+    return LayerFeedback(None, None, flatten_feedback(r, frame))
 
 
 def _avgpool_feedback(layer, r, record, rule=None, need_below=True, details=False, **options):
@@ -109,19 +121,20 @@ def _maxpool_feedback(layer, r, record, rule=None, need_below=True, details=Fals
 
 #: Layer type -> its LFP feedback (subclasses use their base class's entry).
 FEEDBACK: Dict[type, FeedbackEntry] = {
-    LIFLinear: FeedbackEntry(_synaptic_feedback, True),   # and ReLULinear, its subclass
-    LIFConv2d: FeedbackEntry(_synaptic_feedback, True),
+    LIFLinear: FeedbackEntry(_synaptic_feedback, True, True),   # and ReLULinear, its subclass
+    LIFConv2d: FeedbackEntry(_synaptic_feedback, True, True),
     CubaLIFLinear: FeedbackEntry(_cuba_feedback, True),   # G of V under "<layer>.recurrent_weight"
     CubaLIFConv2d: FeedbackEntry(_cuba_feedback, True),
-    Flatten: FeedbackEntry(_flatten_feedback, False),
+    Flatten: FeedbackEntry(_flatten_feedback, False, True),
     AvgPool2d: FeedbackEntry(_avgpool_feedback, False),
     MaxPool2d: FeedbackEntry(_maxpool_feedback, False),
 }
 
 
-def register_feedback(layer_type: type, fn: Callable[..., LayerFeedback], synaptic: bool) -> None:
+def register_feedback(layer_type: type, fn: Callable[..., LayerFeedback], synaptic: bool,
+                      lazy: bool = False) -> None:
     """Teach LFP a new layer type (see :class:`FeedbackEntry` for ``fn``'s signature)."""
-    FEEDBACK[layer_type] = FeedbackEntry(fn, synaptic)
+    FEEDBACK[layer_type] = FeedbackEntry(fn, synaptic, lazy)
 
 
 def feedback_entry(layer: nn.Module) -> Optional[FeedbackEntry]:
@@ -234,8 +247,10 @@ class LFP:
                              f"add one with register_feedback")
         lowest = min((i for i, (n, _) in enumerate(children) if entries[n].synaptic),
                      default=len(children))
-        self._walk = [(i, name, m, entries[name], i > lowest)
-                      for i, (name, m) in reversed(list(enumerate(children))) if i >= lowest]
+        walk = [(i, name, m, entries[name], i > lowest)
+                for i, (name, m) in reversed(list(enumerate(children))) if i >= lowest]
+        # feedback between two layers that scan it lazily is made a chunk of steps at a time
+        self._walk = [(*w, w[4] and w[3].lazy and walk[k + 1][3].lazy) for k, w in enumerate(walk)]
 
     # ------------------------------------------------------------------ passes
     @torch.no_grad()
@@ -262,14 +277,17 @@ class LFP:
         grads: Dict[str, Tensor] = {}
         feedback: Dict[str, Tensor] = {}
         r = reward
-        for i, name, layer, entry, need_below in self._walk:
+        for i, name, layer, entry, need_below, lazy in self._walk:
+            if isinstance(r, LazyFeedback) and keep_feedback:
+                r = r.materialize()
             if keep_feedback:
                 feedback[name] = r
+            lazy = {"lazy_below": True} if lazy and not keep_feedback else {}
             res = entry.fn(
                 layer, r, records[i], self.rules[name], need_below=need_below,
                 normalize=self.normalize, temporal=self.temporal,
-                batch_reduction=self.batch_reduction, max_reduce=self.max_reduce,
-            ) if entry.synaptic else entry.fn(layer, r, records[i], None, need_below=need_below)
+                batch_reduction=self.batch_reduction, max_reduce=self.max_reduce, **lazy,
+            ) if entry.synaptic else entry.fn(layer, r, records[i], None, need_below=need_below, **lazy)
             if res.grad_weight is not None:
                 grads[f"{name}.weight"] = res.grad_weight
             if res.grad_bias is not None:

@@ -1,0 +1,148 @@
+"""Lazy feedback between two synaptic layers: the layer above sends ``LazyFeedback`` (its n and
+weights), the layer below scans it in chunks of steps with c carried across chunks, so the whole
+``[T, B, N]`` feedback never exists. The updates must equal those of the whole-tensor path
+(which LFP takes with ``keep_feedback=True``) for every rule, reset, scope and chunk size, on
+the compiled and the torch-loop path, and no chunk may hold more steps than LAZY_CHUNK allows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spikelfp.core.feedback as fb
+import spikelfp.nn as snn
+from spikelfp import LFP
+from spikelfp.core import fused
+from spikelfp.core.feedback import LazyFeedback, synaptic_layer_feedback
+from spikelfp.core.rules import RULES, make_rule
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture
+def path():
+    """``path(on)``: the compiled kernels on or off for this test (restored afterwards)."""
+    saved = []
+
+    def switch(on):
+        saved.append(fused.set_enabled(on))
+    yield switch
+    if saved:
+        fused.set_enabled(saved[0])
+
+
+def _close(a, b, rel, what):
+    scale = max(b.abs().max().item(), 1e-300)
+    err = (a - b).abs().max().item()
+    assert err <= rel * scale, f"{what}: {err:.3g} > {rel:g} * {scale:.3g}"
+
+
+def _mlp(reset, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    net = snn.Sequential(snn.LIFLinear(12, 9, reset=reset, dtype=dtype),
+                         snn.LIFLinear(9, 8, reset=reset, dtype=dtype),
+                         snn.LIFLinear(8, 3, reset=reset, dtype=dtype))
+    with torch.no_grad():
+        for _, m in net.synaptic_layers():
+            m.weight.mul_(3.0)
+    return net
+
+
+def _grads(net, x, y, steps, rule, normalize, keep_feedback):
+    lfp = LFP(net, rule=rule, normalize=normalize)
+    return lfp.compute(x, y, steps=steps, keep_feedback=keep_feedback).grads
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("normalize", ["step", "sample", "layer", None])
+@pytest.mark.parametrize("fused_on", [True, False])
+def test_lazy_chunks_equal_whole_feedback(rule, normalize, fused_on, path, monkeypatch):
+    """Constant and sequence input, both resets, chunks of 1, 2 and 4 steps (and one chunk):
+    G of every parameter equals the whole-tensor path's (float64, 1e-12)."""
+    if fused_on and not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    path(fused_on)
+    B = 6
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    for reset in ("subtract", "zero"):
+        net = _mlp(reset)
+        cases = [(torch.rand(B, 12, dtype=torch.float64) * 2 - 1, 7),
+                 ((torch.rand(7, B, 12) > 0.5).double(), None)]
+        for x, steps in cases:
+            whole = _grads(net, x, y, steps, rule, normalize, keep_feedback=True)
+            for per_chunk in (1, 2, 4, 100):
+                monkeypatch.setattr(fb, "LAZY_CHUNK", per_chunk * B * 9)
+                lazy = _grads(net, x, y, steps, rule, normalize, keep_feedback=False)
+                assert lazy.keys() == whole.keys()
+                for k in whole:
+                    _close(lazy[k], whole[k], 1e-12, f"{reset}/{per_chunk}/{k}")
+
+
+def test_lazy_feedback_details_equal_whole(monkeypatch):
+    """One layer, r given lazily: F, c, n and the feedback below equal those from the tensor."""
+    torch.manual_seed(1)
+    dt = torch.float64
+    layer = snn.LIFLinear(5, 7, dtype=dt)
+    with torch.no_grad():
+        layer.weight.mul_(3.0)
+    x = (torch.rand(9, 4, 5) > 0.4).to(dt)
+    with torch.no_grad():
+        _, rec = layer.run(x)
+    r = torch.randn(9, 4, 7, dtype=dt)
+    p = layer.neuron_parameters()
+    kw = dict(beta=p.beta, threshold=p.threshold, reset=p.reset, rule=make_rule("epsilon"),
+              details=True)
+    monkeypatch.setattr(fb, "LAZY_CHUNK", 2 * 4 * 7)
+    for normalize in ("step", "layer"):
+        a = synaptic_layer_feedback(r, x, rec.membrane, rec.spikes, layer.weight, layer.bias,
+                                    layer.ops, normalize=normalize, **kw)
+        lazy = LazyFeedback(lambda lo, hi: r[lo:hi].clone(), tuple(r.shape))
+        b = synaptic_layer_feedback(lazy, x, rec.membrane, rec.spikes, layer.weight, layer.bias,
+                                    layer.ops, normalize=normalize, lazy_below=True, **kw)
+        assert isinstance(b.below, LazyFeedback) and b.below.shape == tuple(x.shape)
+        _close(b.below.materialize(), a.below, 1e-12, "below")
+        for field in ("grad_weight", "grad_bias", "feedback", "temporal", "n"):
+            _close(getattr(b, field), getattr(a, field), 1e-12, field)
+
+
+def test_chunks_never_exceed_the_limit(monkeypatch):
+    """The layer below reads the feedback in slices of at most LAZY_CHUNK // (B N) steps, and
+    LFP sends it lazily only where the layer below scans lazily (not into a pooling layer)."""
+    sizes = []
+    orig = fb._below_linear
+
+    def spy(ops, n, W, x, const):
+        rows = orig(ops, n, W, x, const)
+
+        def counted(a, b):
+            sizes.append(b - a)
+            return rows(a, b)
+        return counted
+    monkeypatch.setattr(fb, "_below_linear", spy)
+    monkeypatch.setattr(fb, "LAZY_CHUNK", 3 * 6 * 9)
+    net = _mlp("subtract")
+    LFP(net).compute(torch.rand(6, 12, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2]), steps=10)
+    assert sizes and max(sizes) == 3 and sum(sizes) == 2 * 10  # two lazy boundaries, T rows each
+    conv = snn.Sequential(snn.LIFConv2d(1, 2, 3, padding=1), snn.MaxPool2d(2), snn.Flatten(),
+                          snn.LIFLinear(2 * 4 * 4, 3))
+    walk = {w[1]: w[-1] for w in LFP(conv)._walk}
+    assert walk == {"3": True, "2": False, "1": False, "0": False}  # flatten -> maxpool: whole
+
+
+def test_conv_through_flatten_lazy_equals_whole(monkeypatch):
+    """Conv -> Flatten -> Linear: the feedback goes through Flatten lazily; same G."""
+    torch.manual_seed(2)
+    dt = torch.float64
+    net = snn.Sequential(snn.LIFConv2d(1, 3, 3, padding=1, dtype=dt), snn.Flatten(),
+                         snn.LIFLinear(3 * 6 * 6, 4, dtype=dt))
+    with torch.no_grad():
+        for _, m in net.synaptic_layers():
+            m.weight.mul_(3.0)
+    x, y = torch.rand(5, 1, 6, 6, dtype=dt), torch.tensor([0, 1, 2, 3, 0])
+    assert [w[-1] for w in LFP(net)._walk] == [True, True, False]
+    whole = _grads(net, x, y, 8, "epsilon", "step", keep_feedback=True)
+    monkeypatch.setattr(fb, "LAZY_CHUNK", 3 * 5 * 3 * 36)
+    lazy = _grads(net, x, y, 8, "epsilon", "step", keep_feedback=False)
+    for k in whole:
+        _close(lazy[k], whole[k], 1e-12, k)
