@@ -241,7 +241,7 @@ def test_lfp_step_cuda_matches_cpu(on, chunk, monkeypatch):
     """A whole LFP update of a conv net and an MLP on CUDA equals the CPU's (float64); also with
     the lazy feedback scanned in chunks of 2 steps on CUDA."""
     if chunk is not None:
-        monkeypatch.setattr(fb, "LAZY_CHUNK", chunk)
+        monkeypatch.setattr(fb, "LAZY_CHUNK_CUDA", chunk)
     torch.manual_seed(3)
     dt = torch.float64
     nets = [snn.Sequential(snn.LIFConv2d(1, 4, 3, padding=1, dtype=dt), snn.MaxPool2d(2),

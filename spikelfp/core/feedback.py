@@ -61,8 +61,10 @@ class LazyFeedback(NamedTuple):
         return self.rows(0, self.shape[0])
 
 
-#: elements of r per chunk of steps when a lazy feedback is scanned (1 MB of float32)
+#: elements of r per chunk of steps when a lazy feedback is scanned (1 MB of float32); on a GPU,
+#: where each chunk costs kernel launches and memory is rarely the limit, LAZY_CHUNK_CUDA (16 MB)
 LAZY_CHUNK = 1 << 18
+LAZY_CHUNK_CUDA = 1 << 22
 
 
 def _neuron_view(p: Tensor, neuron_dims: int) -> Tensor:
@@ -295,7 +297,8 @@ def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize,
     r is made, (``layer`` scope: divided by the max over all chunks), scanned with c carried in
     from the chunk after it, and dropped. Outputs are written into whole buffers."""
     T = membrane.shape[0]
-    step = max(1, LAZY_CHUNK // max(1, membrane[0].numel()))
+    limit = LAZY_CHUNK_CUDA if membrane.device.type == "cuda" else LAZY_CHUNK
+    step = max(1, limit // max(1, membrane[0].numel()))
     out = fused.scan_outputs(membrane, 2 if scan["rule"].name == "alphabeta" else 1,
                              scan["keep"], scan["details"])
     m = _lazy_maxabs(r, step, max_reduce) if normalize == "layer" else None
