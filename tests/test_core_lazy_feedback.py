@@ -146,3 +146,21 @@ def test_conv_through_flatten_lazy_equals_whole(monkeypatch):
     lazy = _grads(net, x, y, 8, "epsilon", "step", keep_feedback=False)
     for k in whole:
         _close(lazy[k], whole[k], 1e-12, k)
+
+
+def test_statistics_count_lazy_feedback_like_the_tensor():
+    """The trainer's statistics keep the feedback lazy ("lazy"): the nonzero fractions they count
+    equal those of the whole tensors (``keep_feedback=True``)."""
+    from spikelfp.train.stats import nonzero_fraction
+
+    net = _mlp("subtract")
+    x, y = torch.rand(6, 12, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    whole = LFP(net).compute(x, y, steps=9, keep_feedback=True).feedback
+    lazy = LFP(net).compute(x, y, steps=9, keep_feedback="lazy").feedback
+    assert whole.keys() == lazy.keys() == {"0", "1", "2"}
+    assert isinstance(lazy["1"], LazyFeedback) and isinstance(lazy["0"], LazyFeedback)
+    for k in whole:
+        assert 0 < nonzero_fraction(whole[k]) < 1
+        assert nonzero_fraction(lazy[k]) == nonzero_fraction(whole[k])
+        if isinstance(lazy[k], LazyFeedback):
+            assert torch.equal(lazy[k].materialize(), whole[k])

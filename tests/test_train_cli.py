@@ -97,3 +97,21 @@ def test_train_flags_map_to_config_keys():
     assert set(_TRAIN_KEYS) <= set(DEFAULTS)
     missing = [k for k in _TRAIN_KEYS if not hasattr(args, k)]
     assert not missing, f"no flag for {missing}"
+
+
+def test_cli_fixes_glibc_mmap_threshold(monkeypatch):
+    """The CLI fixes glibc's mmap threshold (bounded resident set on long sequences);
+    SPIKELFP_MMAP_THRESHOLD=0 leaves glibc's default, a bad value is ignored."""
+    import ctypes.util
+    import sys
+
+    from spikelfp.cli import fix_mmap_threshold
+
+    monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", "0")
+    assert fix_mmap_threshold() is False
+    monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", "lots")
+    assert fix_mmap_threshold() is False
+    monkeypatch.delenv("SPIKELFP_MMAP_THRESHOLD")
+    if not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None:
+        pytest.skip("glibc's mallopt exists on Linux only")
+    assert fix_mmap_threshold() is True

@@ -255,7 +255,7 @@ class LFP:
     # ------------------------------------------------------------------ passes
     @torch.no_grad()
     def compute(self, x: Tensor, labels: Tensor, steps: Optional[int] = None,
-                keep_feedback: bool = False) -> LFPResult:
+                keep_feedback: Union[bool, str] = False) -> LFPResult:
         """Forward over the sequence, reward, and feedback through every layer (no side effects)."""
         # compact records (uint8 spikes) where the network offers them: the reverse scan reads them
         compact = {"compact": True} if isinstance(self.network, Sequential) else {}
@@ -263,8 +263,11 @@ class LFP:
         return self.backward(trace, labels, keep_feedback=keep_feedback)
 
     @torch.no_grad()
-    def backward(self, trace, labels: Tensor, keep_feedback: bool = False) -> LFPResult:
-        """Propagate the reward of a forward ``trace`` down the network; returns G per parameter."""
+    def backward(self, trace, labels: Tensor, keep_feedback: Union[bool, str] = False) -> LFPResult:
+        """Propagate the reward of a forward ``trace`` down the network; returns G per parameter.
+        ``keep_feedback``: True keeps the feedback reaching each layer as a tensor in the result;
+        ``"lazy"`` keeps it as :class:`~spikelfp.core.feedback.LazyFeedback` where it was sent
+        lazily (never made whole; what the trainer's statistics count)."""
         out = trace.output
         labels = check_labels(labels, out)
         reward = self.reward_fn(out, labels)
@@ -278,11 +281,11 @@ class LFP:
         feedback: Dict[str, Tensor] = {}
         r = reward
         for i, name, layer, entry, need_below, lazy in self._walk:
-            if isinstance(r, LazyFeedback) and keep_feedback:
+            if isinstance(r, LazyFeedback) and keep_feedback is True:
                 r = r.materialize()
             if keep_feedback:
                 feedback[name] = r
-            lazy = {"lazy_below": True} if lazy and not keep_feedback else {}
+            lazy = {"lazy_below": True} if lazy and keep_feedback is not True else {}
             res = entry.fn(
                 layer, r, records[i], self.rules[name], need_below=need_below,
                 normalize=self.normalize, temporal=self.temporal,
@@ -419,7 +422,9 @@ class LFPTrainer(Trainer):
         self.lfp = lfp_from_config(cfg, net, max_reduce=all_reduce_max if sync else None)
 
     def step(self, batch: Batch, want_stats: bool = False) -> StepResult:
-        res = self.lfp.compute(batch.x, batch.labels, batch.steps, keep_feedback=want_stats)
+        # statistics read the feedback lazily (counted chunk by chunk, never made whole)
+        res = self.lfp.compute(batch.x, batch.labels, batch.steps,
+                               keep_feedback="lazy" if want_stats else False)
         self.lfp.apply(res.grads)
         stats = ({"trainer": self.name, **update_statistics(self.net, res.grads, res.feedback)}
                  if want_stats else None)

@@ -141,6 +141,17 @@ def encode_batch(x: Tensor, cfg: Dict[str, Any], sequence: bool, generator=None)
 # ---------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
+def _eval_batch(net, inp, steps, y):
+    """Correct predictions, spike totals per synaptic layer and their sizes for one batch (the
+    batch's trace is dropped on return, before the next batch runs)."""
+    # compact (uint8) spikes: only their counts are read here
+    trace = net.run(inp, steps, compact=True) if isinstance(net, Sequential) else net.run(inp, steps)
+    recs = synaptic_records(net, trace)
+    sums = torch.stack([spike_total(rec.spikes) for rec in recs])
+    sizes = [rec.spikes[0, 0].numel() * rec.spikes.shape[0] for rec in recs]
+    return (predict(trace.output, trace.membrane) == y).sum(), sums, sizes
+
+
 def evaluate(net, loader: Iterable, cfg: Dict[str, Any], sequence: bool, device,
              dtype=torch.float32, progress: bool = False, desc: str = "eval",
              info: DistInfo = SINGLE) -> Dict[str, Any]:
@@ -156,13 +167,9 @@ def evaluate(net, loader: Iterable, cfg: Dict[str, Any], sequence: bool, device,
     for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=not progress)):
         x, y = x.to(device=device, dtype=dtype), y.to(device)
         inp, steps = encode_batch(x, cfg, sequence, _gen(cfg["seed"], 10_000_019, i))
-        # compact (uint8) spikes: only their counts are read here
-        trace = net.run(inp, steps, compact=True) if isinstance(net, Sequential) else net.run(inp, steps)
-        correct = correct + (predict(trace.output, trace.membrane) == y).sum()
+        right, sums, sizes = _eval_batch(net, inp, steps, y)
+        correct = correct + right
         n += len(y)
-        recs = synaptic_records(net, trace)
-        sums = torch.stack([spike_total(rec.spikes) for rec in recs])
-        sizes = [rec.spikes[0, 0].numel() * rec.spikes.shape[0] for rec in recs]
         spike_sum = sums if spike_sum is None else spike_sum + sums
     if info.enabled:
         packed = all_reduce_sum(torch.cat([torch.as_tensor([correct, n], device=spike_sum.device,
@@ -412,8 +419,11 @@ def train(cfg: Optional[Dict[str, Any]] = None, resume: Optional[str] = None,
     progress = _progress_enabled(cfg)
     select = "val_acc" if data.val is not None else None  # never selected on the test set
     part = (lambda b: shard(b, info)) if info.enabled else None  # sharded evaluation
-    val_loader = make_loader(data.val, bs * 4, False, part=part) if data.val is not None else None
-    test_loader = make_loader(data.test, bs * 4, False, part=part)
+    # evaluation records every layer for a batch: on a CPU no larger than a training batch's (the
+    # peak memory of long sequences); on a GPU 4x (launch-bound there, memory to spare)
+    ebs = bs * 4 if device.type == "cuda" else bs
+    val_loader = make_loader(data.val, ebs, False, part=part) if data.val is not None else None
+    test_loader = make_loader(data.test, ebs, False, part=part)
     echo(f"spikelfp: training {cfg['model']} on {cfg['dataset']} ({len(data.train)} train samples) "
          f"with {cfg['trainer']} on {device}, T={cfg['steps']}, run folder {run_dir}")
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional
 
 import torch
+
+from ..core.feedback import LazyFeedback
 
 Tensor = torch.Tensor
 
@@ -49,8 +52,15 @@ def update_statistics(net, grads: Dict[str, Tensor], feedback: Optional[Dict[str
     return out
 
 
-def nonzero_fraction(r: Tensor) -> float:
-    """Fraction of nonzero entries of ``r``, counted in slices (no full-size mask or float copy)."""
+def nonzero_fraction(r) -> float:
+    """Fraction of nonzero entries of ``r`` (a tensor or a
+    :class:`~spikelfp.core.feedback.LazyFeedback`), counted in slices (no full-size mask or float
+    copy; a lazy feedback is made and counted a few steps at a time)."""
+    if isinstance(r, LazyFeedback):
+        T = r.shape[0]
+        per = max(1, (1 << 22) // max(1, math.prod(r.shape[1:])))
+        count = sum(int(torch.count_nonzero(r.rows(a, min(T, a + per)))) for a in range(0, T, per))
+        return count / max(1, math.prod(r.shape))
     flat = r.detach().reshape(-1)
     if flat.numel() == 0:
         return 0.0
