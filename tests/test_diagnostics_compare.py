@@ -110,7 +110,7 @@ def test_per_trainer_settings(done):
         assert c["trainer"] == t and c["seed"] == int(name.rsplit("-s", 1)[1])
         for k in ("hidden", "steps", "epochs", "batch_size", "limit", "encoder", "dataset", "beta", "reset"):
             assert c[k] == base[k], k
-        assert c["lr"] == (0.01 if t == "ffzero" else 1e-3)
+        assert c["lr"] == {"ffzero": 0.01, "lfp": 2e-3}.get(t, 1e-3)  # the trainers' own defaults
     if "ffzero" in TRAINERS:
         assert comp["configs"]["ffzero-s0"]["ff_directions"] == 8
 

@@ -69,7 +69,7 @@ OUTPUTS = {("spikelfp", "compare"): ("--out",), ("spikelfp", "export"): ("--out"
 SUBCOMMANDS = ("train", "eval", "export", "report", "compare", "accuracy", "summary", "table", "step")
 
 # Placeholder commands, instantiated. {run}: the README quick-start run (reset "subtract");
-# {zero}: the same with --reset zero (what NIR and Loihi express exactly); {resume}: a copy of
+# {run}: the same with --reset zero (what NIR and Loihi express exactly); {resume}: a copy of
 # {run}; {cuba}: the run of `spikelfp train --config cuba.yaml`; {named_runs}: the run folders of
 # the README commands that name their run (--run-name: the F3 MNIST block that RUNS/* refers to).
 INSTANTIATE: Dict[str, List[str]] = {
@@ -79,21 +79,21 @@ INSTANTIATE: Dict[str, List[str]] = {
     "spikelfp eval --checkpoint RUN_DIR/best.pt [--split test|val|train] [--json]": [
         f"spikelfp eval --checkpoint {{run}}/best.pt --split {s} --json" for s in ("test", "val", "train")],
     "spikelfp export --checkpoint RUN_DIR/best.pt --format nir|hdf5|netx --out FILE [--verify]": [
-        "spikelfp export --checkpoint {zero}/best.pt --format nir --out net.nir --verify",
-        "spikelfp export --checkpoint {run}/best.pt --format hdf5 --out net.h5 --verify",
-        "spikelfp export --checkpoint {zero}/best.pt --format netx --out net.h5 --verify"],
+        "spikelfp export --checkpoint {run}/best.pt --format nir --out net.nir --verify",
+        "spikelfp export --checkpoint {subtract}/best.pt --format hdf5 --out net.h5 --verify",
+        "spikelfp export --checkpoint {run}/best.pt --format netx --out net.h5 --verify"],
     "spikelfp report RUN_DIR [RUN_DIR ...] --out report/ [--json FILE]": [
-        "spikelfp report {run} {zero} --out report/ --json report.json"],
+        "spikelfp report {run} {subtract} --out report/ --json report.json"],
     "spikelfp export --checkpoint RUN_DIR --format netx --out net.h5 --verify": [
-        "spikelfp export --checkpoint {zero} --format netx --out net.h5 --verify"],
+        "spikelfp export --checkpoint {run} --format netx --out net.h5 --verify"],
     "spikelfp export --checkpoint runs/x/best.pt --format nir --out net.nir --verify": [
-        "spikelfp export --checkpoint {zero}/best.pt --format nir --out net.nir --verify"],
+        "spikelfp export --checkpoint {run}/best.pt --format nir --out net.nir --verify"],
     "spikelfp export --checkpoint runs/x/best.pt --format hdf5 --out net.h5 --verify": [
-        "spikelfp export --checkpoint {run}/best.pt --format hdf5 --out net.h5 --verify"],
+        "spikelfp export --checkpoint {subtract}/best.pt --format hdf5 --out net.h5 --verify"],
     "spikelfp export --checkpoint runs/x/best.pt --format netx --out net.h5 --verify": [
-        "spikelfp export --checkpoint {zero}/best.pt --format netx --out net.h5 --verify"],
+        "spikelfp export --checkpoint {run}/best.pt --format netx --out net.h5 --verify"],
     "spikelfp export --checkpoint runs/x/best.pt --format netx --out net.h5 --input-mode binary": [
-        "spikelfp export --checkpoint {zero}/best.pt --format netx --out net.h5 --input-mode binary"],
+        "spikelfp export --checkpoint {run}/best.pt --format netx --out net.h5 --input-mode binary"],
     "spikelfp export --checkpoint runs/cuba/best.pt --format netx --out cuba.h5 --verify": [
         "spikelfp export --checkpoint {cuba}/best.pt --format netx --out cuba.h5 --verify"],
     "python benchmarks/f3.py table RUNS/* --bp-acc 0.9818": [
@@ -246,7 +246,7 @@ class Runner:
         self.done: Dict[str, Result] = {}
         self.started: Dict[str, tuple] = {}
         (root / "out").mkdir()
-        self.resolvers = {"run": lambda: self.quick_start().run_dir, "zero": lambda: self.zero_run().run_dir,
+        self.resolvers = {"run": lambda: self.quick_start().run_dir, "subtract": lambda: self.subtract_run().run_dir,
                           "resume": self.resume_copy, "cuba": lambda: self.readme(FROM_COMMENT_KEY).run_dir,
                           "named_runs": self.named_runs}
 
@@ -254,8 +254,8 @@ class Runner:
     def quick_start(self) -> Result:
         return self.readme(QUICK_START)
 
-    def zero_run(self) -> Result:
-        return self.run(QUICK_START + " --reset zero", "quickstart-zero")
+    def subtract_run(self) -> Result:
+        return self.run(QUICK_START + " --reset subtract", "quickstart-subtract")
 
     def resume_copy(self) -> Path:
         dst = self.root / "resume" / "quickstart"
@@ -572,10 +572,10 @@ def _export_nir(runner: Runner, run_dir: Path, name: str, capsys):
     return rc, capsys.readouterr(), out
 
 
-def test_quick_start_nir_export_refuses_reset_subtract(runner: Runner, capsys):
-    """The quick start trains with reset 'subtract', which NIR 1.0 cannot express: the export is
+def test_nir_export_refuses_reset_subtract(runner: Runner, capsys):
+    """The quick start with reset 'subtract', which NIR 1.0 cannot express: the export is
     refused (exit 2, one line naming both ways out) and nothing is written."""
-    run = runner.quick_start()
+    run = runner.subtract_run()
     check(run)
     rc, cap, out = _export_nir(runner, run.run_dir, "subtract.nir", capsys)
     assert rc == 2, cap
@@ -588,8 +588,10 @@ def test_quick_start_nir_export_refuses_reset_subtract(runner: Runner, capsys):
     assert nir_roundtrip_agreement(net, (1, 8, 8), 25)["applies"] is False
 
 
-def test_quick_start_with_reset_zero_exports_identical_spikes(runner: Runner, capsys):
-    run = runner.zero_run()
+def test_quick_start_exports_identical_spikes(runner: Runner, capsys):
+    """The quick start as written (LFP's defaults: reset 'zero') exports to NIR and verifies with
+    identical spikes (agreement 1.0)."""
+    run = runner.quick_start()
     check(run)
     rc, cap, out = _export_nir(runner, run.run_dir, "zero.nir", capsys)
     assert rc == 0, cap

@@ -188,7 +188,9 @@ def test_resume_refuses_what_it_cannot_honour(finished, capsys, run, flags, need
 def test_resume_refuses_an_edited_config_yaml(tmp_path, capsys):
     train(dict(BASE, epochs=1, out=str(tmp_path), run_name="e"), **QUIET)
     p = tmp_path / "e" / "config.yaml"
-    p.write_text(p.read_text().replace("lr: 0.001", "lr: 0.1"))
+    edited = yaml.safe_load(p.read_text())
+    assert edited["lr"] != 0.1
+    p.write_text(yaml.safe_dump({**edited, "lr": 0.1}))
     rc = main(["train", "--resume", str(tmp_path / "e"), "--epochs", "2"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "config.yaml was edited" in err and "'lr'" in err
@@ -260,8 +262,8 @@ def test_lfp_api_bad_batches_are_clear():
 
 def test_silent_output_is_reported_and_no_selection_on_test(tmp_path):
     lines = []
-    res = train(dict(BASE, epochs=1, out=str(tmp_path), run_name="s", threshold=1e6, val_fraction=0.0),
-                echo=lines.append)
+    res = train(dict(BASE, epochs=1, out=str(tmp_path), run_name="s", threshold=1e6, val_fraction=0.0,
+                     reset="subtract"), echo=lines.append)
     assert any("did not spike" in s for s in lines)
     assert any("best.pt is the last epoch" in s for s in lines)
     assert any("--reset zero" in s for s in lines)  # reset subtract: how to get an exportable net

@@ -49,7 +49,7 @@ from ..data.encoders import encode_batch
 from ..data.registry import build_data, make_loader
 from ..nn.zoo import build_model
 from ..train.checkpoint import atomic_write_text, load_checkpoint
-from ..train.config import ConfigError, load_yaml, model_spec, resolve
+from ..train.config import BASE_DEFAULTS, ConfigError, load_yaml, model_spec, resolve
 from ..train.loop import resolve_device, seed_everything, train
 from ..train.protocol import Batch, TrainContext
 from ..train.registry import build_trainer, get_trainer_spec, trainer_names
@@ -146,9 +146,13 @@ def plan_runs(base: Dict[str, Any], trainers: Sequence[str], seeds: Sequence[int
     root = (Path(out).expanduser().resolve() / "runs")
     plans = []
     for t in trainers:
+        # a trainer's preferred defaults apply to its own keys (e.g. lr); network keys among them
+        # (lfp's reset) keep the common default unless set: every trainer gets the same network
+        common = {k: BASE_DEFAULTS[k] for k in get_trainer_spec(t).defaults
+                  if k not in PER_TRAINER_KEYS}
         for s in seeds:
-            raw = {**base, "trainer": t, "seed": int(s), "out": str(root), "run_name": f"{t}-s{s}",
-                   **sets.get(t, {})}
+            raw = {**common, **base, "trainer": t, "seed": int(s), "out": str(root),
+                   "run_name": f"{t}-s{s}", **sets.get(t, {})}
             cfg = resolve(None, raw)
             for k in ("data_root", "cache_dir"):
                 if cfg.get(k):

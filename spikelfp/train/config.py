@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import yaml
 
 from .errors import ConfigError
-from .registry import Option, set_base_keys, trainer_names, trainer_options
+from .registry import Option, get_trainer_spec, set_base_keys, trainer_names, trainer_options
 
 BASE_DEFAULTS: Dict[str, Any] = {
     # data
@@ -174,13 +174,22 @@ def load_yaml(path) -> Dict[str, Any]:
 
 
 def resolve(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Defaults <- YAML file <- overrides (``None`` values in overrides are ignored)."""
+    """Defaults <- the trainer's preferred base defaults <- YAML file <- overrides (``None``
+    values in overrides are ignored)."""
     cfg = copy.deepcopy(dict(DEFAULTS))
+    given = set()
     if path:
-        cfg.update(load_yaml(path))
+        data = load_yaml(path)
+        cfg.update(data)
+        given |= set(data)
     for k, v in (overrides or {}).items():
         if v is not None:
             cfg[k] = v
+            given.add(k)
+    if cfg.get("trainer") in trainer_names():
+        for k, v in get_trainer_spec(cfg["trainer"]).defaults.items():
+            if k not in given:
+                cfg[k] = copy.deepcopy(v)
     return validate(cfg)
 
 

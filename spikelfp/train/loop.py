@@ -218,6 +218,7 @@ def _train_epoch(trainer, optimizer, scheduler, data, cfg, run_dir, epoch, skip,
         out = trainer.step(Batch(inp, y, idx.to(device), steps, epoch, step), want_stats=want)
         if not getattr(trainer, "reduces_gradients", False):
             average_gradients(trainer.net.parameters(), len(y), info)  # one all-reduce (no-op alone)
+        trainer.after_average()
         if cfg["grad_clip"] is not None:  # on the averaged update: the same in every process
             torch.nn.utils.clip_grad_norm_(trainer.net.parameters(), cfg["grad_clip"])
         optimizer.step()

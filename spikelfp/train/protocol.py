@@ -84,6 +84,10 @@ class Trainer:
     def begin_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based)."""
 
+    def after_average(self) -> None:
+        """Called after each batch's gradients are averaged across processes (also in a
+        single-process run), before ``grad_clip`` and the optimizer step."""
+
     def total_epochs(self) -> int:
         """Epochs the run takes in all (a trainer with phases may need more than ``epochs``)."""
         return int(self.cfg["epochs"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError
 
@@ -92,7 +92,9 @@ class TrainerSpec:
     build: ``build(cfg, net, context) -> trainer`` (usually the trainer class);
     help: one line for ``--help``; options: the config keys it owns;
     check: optional ``check(cfg, net, context)`` run before training starts (raise
-    :class:`ConfigError` with one line for a network or data set the trainer cannot handle).
+    :class:`ConfigError` with one line for a network or data set the trainer cannot handle);
+    defaults: values of base config keys this trainer prefers (e.g. its learning rate), used
+    where neither the YAML file nor a flag sets the key.
     """
 
     name: str
@@ -100,6 +102,7 @@ class TrainerSpec:
     help: str
     options: Tuple[Option, ...] = field(default_factory=tuple)
     check: Optional[Callable[..., None]] = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 _TRAINERS: Dict[str, TrainerSpec] = {}
