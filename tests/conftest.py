@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 
+from spikelfp.core import fused
+
 # snntorch 1.0 calls the deprecated torch.jit.script at import time; the warning is not ours.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
 
@@ -45,3 +47,19 @@ def single_thread_module():
     """:func:`single_thread` for a whole module (its module-scoped fixtures included)."""
     with _intra_op_threads(1):
         yield
+
+
+@pytest.fixture
+def path_switch():
+    """Run a block on one path: ``with path_switch(True): ...``; restores the setting."""
+    class _Switch:
+        def __init__(self, on):
+            self.on = on
+
+        def __enter__(self):
+            self.prev = fused.set_enabled(self.on)
+
+        def __exit__(self, *exc):
+            fused.set_enabled(self.prev)
+
+    return _Switch

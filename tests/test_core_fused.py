@@ -29,22 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 needs_numba = pytest.mark.skipif(not fused.HAVE_NUMBA, reason="numba is not installed: only the torch path exists")
 
 
-@pytest.fixture
-def path_switch():
-    """Run a block on one path: ``with path_switch(True): ...``; restores the setting."""
-    class _Switch:
-        def __init__(self, on):
-            self.on = on
-
-        def __enter__(self):
-            self.prev = fused.set_enabled(self.on)
-
-        def __exit__(self, *exc):
-            fused.set_enabled(self.prev)
-
-    return _Switch
-
-
 def _linear_case(seed, reset, dtype, const, T=6, B=5, n_in=7, n_out=6, per_neuron=False):
     g = torch.Generator().manual_seed(seed)
     beta = torch.rand(n_out, generator=g, dtype=dtype) * 0.5 + 0.5 if per_neuron else 0.85

@@ -17,7 +17,7 @@ import torch
 
 import spikelfp.nn as snn
 from spikelfp import LFP
-from spikelfp.core import fused, fused_triton
+from spikelfp.core import fused_triton
 import spikelfp.core.feedback as fb
 from spikelfp.core.feedback import reverse_scan_torch
 from spikelfp.core.fused import scan_outputs
@@ -35,19 +35,6 @@ def _module(name):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-class _Path:
-    """``with _Path(True): ...``: the compiled kernels on (Triton on CUDA) or off (torch loop)."""
-
-    def __init__(self, on):
-        self.on = on
-
-    def __enter__(self):
-        self.prev = fused.set_enabled(self.on)
-
-    def __exit__(self, *exc):
-        fused.set_enabled(self.prev)
 
 
 def _close(a, b, rel, what):
@@ -174,7 +161,7 @@ def test_triton_scan_large_layer_and_nan():
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_triton_lif_forward_is_bit_identical(dtype, reset):
+def test_triton_lif_forward_is_bit_identical(dtype, reset, path_switch):
     """The Triton forward scan: the torch loop's spikes and membranes on CUDA, bit for bit, and
     the CPU's spikes."""
     g = torch.Generator().manual_seed(2)
@@ -188,9 +175,9 @@ def test_triton_lif_forward_is_bit_identical(dtype, reset):
         beta = beta.to(CUDA) if torch.is_tensor(beta) else beta
         th = th.to(CUDA) if torch.is_tensor(th) else th
         for compact in (False, True):
-            with _Path(True):
+            with path_switch(True):
                 a = lif_scan(current.to(CUDA), beta, th, reset, steps=steps, compact=compact)
-            with _Path(False):
+            with path_switch(False):
                 b = lif_scan(current.to(CUDA), beta, th, reset, steps=steps, compact=compact)
             assert a.spikes.dtype == b.spikes.dtype == (torch.uint8 if compact else dtype)
             assert torch.equal(a.spikes, b.spikes) and torch.equal(a.membrane, b.membrane)
@@ -213,12 +200,12 @@ def _to_cpu(obj):
 
 @needs_cuda
 @pytest.mark.parametrize("on", [True, False])
-def test_golden_vectors_on_cuda(on):
+def test_golden_vectors_on_cuda(on, path_switch):
     """The 34 golden cases on CUDA (float64), through the Triton kernels and the torch loops."""
     mod = _module("test_core_vectors")
     if not mod.CASES:
         pytest.skip(mod._SKIP_REASON)
-    with _Path(on):
+    with path_switch(on):
         for case in mod.CASES.values():
             net, _ = mod._run_case(case, torch.float64)
             net.to(CUDA)
@@ -237,7 +224,7 @@ def test_golden_vectors_on_cuda(on):
 @needs_cuda
 @pytest.mark.parametrize("on", [True, False])
 @pytest.mark.parametrize("chunk", [None, 2 * 6 * 300])
-def test_lfp_step_cuda_matches_cpu(on, chunk, monkeypatch):
+def test_lfp_step_cuda_matches_cpu(on, chunk, monkeypatch, path_switch):
     """A whole LFP update of a conv net and an MLP on CUDA equals the CPU's (float64); also with
     the lazy feedback scanned in chunks of 2 steps on CUDA."""
     if chunk is not None:
@@ -256,7 +243,7 @@ def test_lfp_step_cuda_matches_cpu(on, chunk, monkeypatch):
         for rule in ("epsilon", "alphabeta", "zplus_zminus"):
             for normalize in ("step", "sample", "layer", None):
                 cpu = LFP(net, rule=rule, normalize=normalize).compute(x, y, steps=9)
-                with _Path(on):
+                with path_switch(on):
                     net.to(CUDA)
                     gpu = LFP(net, rule=rule, normalize=normalize).compute(x.to(CUDA), y.to(CUDA), steps=9)
                     net.cpu()

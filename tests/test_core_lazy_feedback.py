@@ -107,8 +107,9 @@ def test_lazy_feedback_details_equal_whole(monkeypatch):
 
 
 def test_chunks_never_exceed_the_limit(monkeypatch):
-    """The layer below reads the feedback in slices of at most LAZY_CHUNK // (B N) steps, and
-    LFP sends it lazily only where the layer below scans lazily (not into a pooling layer)."""
+    """The layer below reads the feedback in slices of at most LAZY_CHUNK // (B N) steps (and the
+    row before each slice), and LFP sends it lazily only where the layer below scans lazily (not
+    into a pooling layer)."""
     sizes = []
     orig = fb._below_linear
 
@@ -123,7 +124,9 @@ def test_chunks_never_exceed_the_limit(monkeypatch):
     monkeypatch.setattr(fb, "LAZY_CHUNK", 3 * 6 * 9)
     net = _mlp("subtract")
     LFP(net).compute(torch.rand(6, 12, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2]), steps=10)
-    assert sizes and max(sizes) == 3 and sum(sizes) == 2 * 10  # two lazy boundaries, T rows each
+    # two lazy boundaries; chunks of 3 steps, each with the row before it (read, not scanned):
+    # steps 7-9, 4-6, 1-3 and 0 -> 4 + 4 + 4 + 1 rows per boundary
+    assert sizes == [4, 4, 4, 1] * 2
     conv = snn.Sequential(snn.LIFConv2d(1, 2, 3, padding=1), snn.MaxPool2d(2), snn.Flatten(),
                           snn.LIFLinear(2 * 4 * 4, 3))
     walk = {w[1]: w[-1] for w in LFP(conv)._walk}

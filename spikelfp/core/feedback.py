@@ -306,11 +306,10 @@ def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize,
     for b in range(T, 0, -step):
         a = max(0, b - step)
         lo = a - 1 if a > 0 else 0  # step a reads v and s at a - 1
-        rows = r.rows(a, b).to(membrane.dtype)
+        # rows lo..b-1: row a - 1 only fills the place of step a - 1, which the next chunk scans
+        rows = r.rows(lo, b).to(membrane.dtype)
         if m is not None:
             rows = rows.div_(m)
-        if lo < a:  # a placeholder row for step a - 1 (scanned by the next chunk, not this one)
-            rows = torch.cat([rows[:1], rows])
         part = {k: (v[lo:b] if v is not None and v.dim() == membrane.dim() else v)
                 for k, v in scan.items() if k in ("base", "P", "N")}
         n_o, sums_o, F_o, c_o = out

@@ -98,6 +98,13 @@ if HAVE_TRITON:
         return n1, n2, tl.where(zuh, c, zero)
 
     @triton.jit
+    def _store_n(n1b, n2b, t, M, i, m, n1, n2, RULE: tl.constexpr):
+        """Write n_t (and n-_t for alphabeta) into the n buffers."""
+        tl.store(n1b + t * M + i, n1, mask=m)
+        if RULE == 3:
+            tl.store(n2b + t * M + i, n2, mask=m)
+
+    @triton.jit
     def _load_step(r, v, s, base, P, N, t, i, m, M, T_BASE: tl.constexpr, T_AB: tl.constexpr,
                    SPIKING: tl.constexpr, RULE: tl.constexpr):
         """Loads of step t for the neurons i: r_t, v_t, v_{t-1}, s_{t-1} and the rule's sums."""
@@ -150,9 +157,7 @@ if HAVE_TRITON:
             n1, n2, C = _neuron(f, vt, vp, sp, bt, tht, base_t, p_t, n_t, zuh, eps, alpha,
                                 beta_ab, one, RULE, SUBTRACT, ZERO_MASK, DIRECTION)
             if KEEP:
-                tl.store(n1b + t * M + i, n1, mask=m)
-                if RULE == 3:
-                    tl.store(n2b + t * M + i, n2, mask=m)
+                _store_n(n1b, n2b, t, M, i, m, n1, n2, RULE)
             else:
                 acc1 += n1
                 acc2 += n2
@@ -194,9 +199,7 @@ if HAVE_TRITON:
         n1, n2, C = _neuron(f, vt, vp, sp, bt, tht, base_t, p_t, n_t, zuh, eps, alpha,
                             beta_ab, one, RULE, SUBTRACT, ZERO_MASK, DIRECTION)
         if KEEP:
-            tl.store(n1b + t * M + i, n1, mask=m)
-            if RULE == 3:
-                tl.store(n2b + t * M + i, n2, mask=m)
+            _store_n(n1b, n2b, t, M, i, m, n1, n2, RULE)
         else:
             tl.store(sum1 + i, tl.load(sum1 + i, mask=m, other=0.0) + n1, mask=m)
             if RULE == 3:
