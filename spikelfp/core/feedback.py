@@ -303,6 +303,9 @@ def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize,
                              scan["keep"], scan["details"])
     m = _lazy_maxabs(r, step, max_reduce) if normalize == "layer" else None
     carry = torch.zeros_like(membrane[0])
+    # beta and theta per neuron made once here, not again by every chunk's scan
+    beta, threshold = (torch.as_tensor(p, dtype=membrane.dtype, device=membrane.device)
+                       .expand(carry.shape).contiguous() for p in (beta, threshold))
     for b in range(T, 0, -step):
         a = max(0, b - step)
         lo = a - 1 if a > 0 else 0  # step a reads v and s at a - 1
