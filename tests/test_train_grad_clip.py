@@ -45,3 +45,27 @@ def test_cli_flag(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "grad_clip" in err[0]
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("trainer", ["lfp", "finetune"])
+def test_lfp_clip_norm_acts_on_the_averaged_update_in_data_parallel_runs(trainer, monkeypatch):
+    """Under torchrun (WORLD_SIZE > 1) LFP's ``clip_norm`` is not applied to each process's own
+    G but by ``after_average`` to the averaged update (also inside ``finetune``'s LFP phase):
+    the single-process update's clip."""
+    import spikelfp.nn as snn
+    from spikelfp.train.protocol import Batch, TrainContext
+    from spikelfp.train.registry import build_trainer
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = resolve(None, {"trainer": trainer, "clip_norm": 0.5, "finetune_iters": 0})
+    net = snn.Sequential(snn.LIFLinear(4, 6), snn.LIFLinear(6, 3))
+    tr = build_trainer(cfg, net, TrainContext(8, 3, (4,), False))
+    x, y = torch.rand(8, 4) * 3, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    tr.step(Batch(x, y, torch.arange(8), 5, 0, 0))
+    norm = lambda: float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in net.parameters())))  # noqa: E731
+    before = norm()
+    assert before > 0.5  # not clipped by the step itself
+    for p in net.parameters():
+        p.grad = p.grad * 10  # what an all-reduce might leave
+    tr.after_average()
+    assert norm() == pytest.approx(0.5, rel=1e-5)

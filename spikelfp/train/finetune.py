@@ -24,10 +24,14 @@ class FinetuneTrainer(Trainer):
         super().__init__(cfg, net, context)
         self.surrogate = SurrogateTrainer(cfg, net, context)
         self.lfp = LFPTrainer(cfg, net, context)
+        self.phase: Trainer = self.surrogate
 
     def step(self, batch: Batch, want_stats: bool = False) -> StepResult:
-        phase = self.lfp if batch.global_step >= self.cfg["finetune_iters"] else self.surrogate
-        return phase.step(batch, want_stats)
+        self.phase = self.lfp if batch.global_step >= self.cfg["finetune_iters"] else self.surrogate
+        return self.phase.step(batch, want_stats)
+
+    def after_average(self) -> None:
+        self.phase.after_average()  # LFP's clip of the averaged update in data-parallel runs
 
 
 register_trainer(TrainerSpec(
