@@ -51,7 +51,8 @@ class LazyFeedback(NamedTuple):
     """Feedback ``[T, B, *shape]`` made a slice of steps at a time: ``rows(a, b)`` returns rows
     a..b-1, so the whole tensor need never exist. A synaptic layer asked for ``lazy_below``
     sends this down (the layer's n and weights, kept until the layer below has scanned it), and
-    :func:`synaptic_layer_feedback` below reads it chunk by chunk in its reverse scan."""
+    :func:`synaptic_layer_feedback` below reads it chunk by chunk in its reverse scan. It reads
+    the layer's weights when called: use it before an optimizer step changes them."""
 
     rows: Callable[[int, int], Tensor]
     shape: Tuple[int, ...]

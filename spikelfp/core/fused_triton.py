@@ -15,7 +15,7 @@ for the rules)::
   max_t, computes n_t and c_{t-1}, writes F_{t-1} = r_{t-1} + c_{t-1} and folds its block's
   max|F_{t-1}| into max_{t-1} with an atomic max (non-negative floats order like their bit
   patterns as integers; a NaN there orders above inf, so the max is NaN and, as in torch, no
-  scaling happens). T + 0 launches instead of the torch loop's ~10 operations per step.
+  scaling happens). T launches instead of the torch loop's ~10 operations per step.
 
 Forward scan (:func:`lif_forward`, no grad, Heaviside): one launch, each program runs its
 neurons over t. Multiply and add are kept apart (``enable_fp_fusion=False``), the order is the

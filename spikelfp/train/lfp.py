@@ -285,12 +285,12 @@ class LFP:
                 r = r.materialize()
             if keep_feedback:
                 feedback[name] = r
-            lazy = {"lazy_below": True} if lazy and keep_feedback is not True else {}
+            opts = {"lazy_below": True} if lazy and keep_feedback is not True else {}
             res = entry.fn(
                 layer, r, records[i], self.rules[name], need_below=need_below,
                 normalize=self.normalize, temporal=self.temporal,
-                batch_reduction=self.batch_reduction, max_reduce=self.max_reduce, **lazy,
-            ) if entry.synaptic else entry.fn(layer, r, records[i], None, need_below=need_below, **lazy)
+                batch_reduction=self.batch_reduction, max_reduce=self.max_reduce, **opts,
+            ) if entry.synaptic else entry.fn(layer, r, records[i], None, need_below=need_below, **opts)
             if res.grad_weight is not None:
                 grads[f"{name}.weight"] = res.grad_weight
             if res.grad_bias is not None:
