@@ -68,3 +68,31 @@ def assert_lava_raw_stream_matches(tmp_path, net, shape):
     lava = lh.run_lava(path, x[:, 0], 33)
     sim = ls.simulate_stream(plan, x, 33)[:, 0]
     assert torch.equal(lava, sim) and sim.sum() > 0
+
+
+def assert_fused_forward_bit_identical(path_switch, dtype, reset, device="cpu", n=9):
+    """The compiled LIF forward scan (numba on CPU, Triton on CUDA) against the torch loop on
+    ``device``, bit for bit: scalar, per-neuron and per-channel beta/theta; constant and
+    sequence currents; compact or not. On another device than the CPU the spikes must also be
+    those of the CPU's torch loop."""
+    from spikelfp.core.lif import lif_scan
+
+    g = torch.Generator().manual_seed(2)
+    cases = [(torch.randn(6, 4, n, generator=g, dtype=dtype) * 1.5, None, 0.9, 1.0),
+             (torch.randn(4, n, generator=g, dtype=dtype) * 1.5, 6,
+              torch.rand(n, generator=g, dtype=dtype) * 0.5 + 0.5,
+              torch.rand(n, generator=g, dtype=dtype) + 0.5),
+             (torch.randn(5, 2, 3, 4, 4, generator=g, dtype=dtype) * 1.5, None,
+              torch.tensor([0.6, 0.8, 1.0], dtype=dtype).reshape(3, 1, 1), 0.7)]
+    for current, steps, beta, th in cases:
+        on = [v.to(device) if torch.is_tensor(v) else v for v in (current, beta, th)]
+        for compact in (False, True):
+            with path_switch(True):
+                a = lif_scan(on[0], on[1], on[2], reset, steps=steps, compact=compact)
+            with path_switch(False):
+                b = lif_scan(on[0], on[1], on[2], reset, steps=steps, compact=compact)
+                cpu = lif_scan(current, beta, th, reset, steps=steps, compact=compact)
+            assert a.spikes.dtype == b.spikes.dtype == (torch.uint8 if compact else dtype)
+            assert torch.equal(a.spikes, b.spikes) and torch.equal(a.membrane, b.membrane)
+            assert torch.equal(a.spikes.cpu(), cpu.spikes)
+            assert 0 < int(a.spikes.sum()) < a.spikes.numel()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import assert_fused_forward_bit_identical
 
 import spikelfp.nn as snn
 from spikelfp import LFP
@@ -146,26 +147,8 @@ def test_fused_keeps_nan_unscaled_like_torch(path_switch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_fused_lif_forward_is_bit_identical(dtype, reset, path_switch):
-    """The fused forward scan: the spikes and membranes of the torch loop, bit for bit (scalar,
-    per-neuron and per-channel beta/theta; constant and sequence currents; compact or not)."""
-    from spikelfp.core.lif import lif_scan
-
-    g = torch.Generator().manual_seed(2)
-    cases = [(torch.randn(6, 4, 9, generator=g, dtype=dtype) * 1.5, None, 0.9, 1.0),
-             (torch.randn(4, 9, generator=g, dtype=dtype) * 1.5, 6,
-              torch.rand(9, generator=g, dtype=dtype) * 0.5 + 0.5,
-              torch.rand(9, generator=g, dtype=dtype) + 0.5),
-             (torch.randn(5, 2, 3, 4, 4, generator=g, dtype=dtype) * 1.5, None,
-              torch.tensor([0.6, 0.8, 1.0], dtype=dtype).reshape(3, 1, 1), 0.7)]
-    for current, steps, beta, th in cases:
-        for compact in (False, True):
-            with path_switch(True):
-                a = lif_scan(current, beta, th, reset, steps=steps, compact=compact)
-            with path_switch(False):
-                b = lif_scan(current, beta, th, reset, steps=steps, compact=compact)
-            assert a.spikes.dtype == b.spikes.dtype == (torch.uint8 if compact else dtype)
-            assert torch.equal(a.spikes, b.spikes) and torch.equal(a.membrane, b.membrane)
-            assert 0 < int(a.spikes.sum()) < a.spikes.numel()
+    """The fused forward scan: the spikes and membranes of the torch loop, bit for bit."""
+    assert_fused_forward_bit_identical(path_switch, dtype, reset)
 
 
 def test_switch_and_usable():

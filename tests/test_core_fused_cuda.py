@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import assert_fused_forward_bit_identical
 
 import spikelfp.nn as snn
 from spikelfp import LFP
@@ -164,24 +165,7 @@ def test_triton_scan_large_layer_and_nan():
 def test_triton_lif_forward_is_bit_identical(dtype, reset, path_switch):
     """The Triton forward scan: the torch loop's spikes and membranes on CUDA, bit for bit, and
     the CPU's spikes."""
-    g = torch.Generator().manual_seed(2)
-    cases = [(torch.randn(6, 4, 900, generator=g, dtype=dtype) * 1.5, None, 0.9, 1.0),
-             (torch.randn(4, 900, generator=g, dtype=dtype) * 1.5, 6,
-              torch.rand(900, generator=g, dtype=dtype) * 0.5 + 0.5,
-              torch.rand(900, generator=g, dtype=dtype) + 0.5),
-             (torch.randn(5, 2, 3, 4, 4, generator=g, dtype=dtype) * 1.5, None,
-              torch.tensor([0.6, 0.8, 1.0], dtype=dtype).reshape(3, 1, 1), 0.7)]
-    for current, steps, beta, th in cases:
-        beta = beta.to(CUDA) if torch.is_tensor(beta) else beta
-        th = th.to(CUDA) if torch.is_tensor(th) else th
-        for compact in (False, True):
-            with path_switch(True):
-                a = lif_scan(current.to(CUDA), beta, th, reset, steps=steps, compact=compact)
-            with path_switch(False):
-                b = lif_scan(current.to(CUDA), beta, th, reset, steps=steps, compact=compact)
-            assert a.spikes.dtype == b.spikes.dtype == (torch.uint8 if compact else dtype)
-            assert torch.equal(a.spikes, b.spikes) and torch.equal(a.membrane, b.membrane)
-            assert 0 < int(a.spikes.sum()) < a.spikes.numel()
+    assert_fused_forward_bit_identical(path_switch, dtype, reset, CUDA, n=900)
 
 
 def _to_cpu(obj):

@@ -30,6 +30,7 @@ GPU).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -243,6 +244,13 @@ if HAVE_TRITON:
 RULE_CODES = {"zero": 0, "epsilon": 1, "zplus_zminus": 2, "alphabeta": 3, "lfprop": 4}
 
 
+@functools.lru_cache(maxsize=64)
+def _constants(eps: float, alpha: float, beta: float, dtype, device) -> Tensor:
+    """The rule's constants and the norm floor as one device tensor in the data's dtype, made
+    once per rule, dtype and device (not copied to the GPU again for every layer and batch)."""
+    return torch.tensor([eps, alpha, beta, 1e-10, 1.0], dtype=dtype, device=device)
+
+
 def _per_neuron(p, frame_shape, like: Tensor):
     """beta / theta (scalar or broadcastable to ``frame_shape`` = ``[B, *out]``) as (flat tensor,
     stride): one element with stride 0, or ``[M]`` with 1."""
@@ -288,8 +296,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     bs, tb = _steps(base, membrane)
     Pp, tab = _steps(P, membrane)
     Nn, _ = _steps(N, membrane)
-    consts = torch.tensor([rule.epsilon, rule.alpha, rule.beta, 1e-10, 1.0], dtype=dt,
-                          device=membrane.device)
+    consts = _constants(rule.epsilon, rule.alpha, rule.beta, dt, membrane.device)
     Fb = F_t if details else v
     Cb = c_t if details else v
     cr = carry if carry is not None else v

@@ -420,12 +420,11 @@ class LFPTrainer(Trainer):
     def __init__(self, cfg: Dict[str, Any], net: nn.Module, context: TrainContext):
         super().__init__(cfg, net, context)
         sync = cfg["lfp_norm_sync"] == "global" and env_world() > 1
-        self.lfp = lfp_from_config(cfg, net, max_reduce=all_reduce_max if sync else None)
-        # data-parallel: clip_norm clips the averaged update (the single-process update's clip),
-        # not each process's share
+        # data-parallel: clip_norm clips the averaged update in after_average (the
+        # single-process update's clip), not each process's share in LFP.apply
         self.clip_late = cfg["clip_norm"] if env_world() > 1 else None
-        if self.clip_late is not None:
-            self.lfp.clip_norm = None
+        own = {**cfg, "clip_norm": None} if self.clip_late is not None else cfg
+        self.lfp = lfp_from_config(own, net, max_reduce=all_reduce_max if sync else None)
 
     def after_average(self) -> None:
         if self.clip_late is not None:
