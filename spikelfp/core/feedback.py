@@ -49,12 +49,13 @@ class LayerFeedback(NamedTuple):
 
 class LazyFeedback(NamedTuple):
     """Feedback ``[T, B, *shape]`` made a slice of steps at a time: ``rows(a, b)`` returns rows
-    a..b-1, so the whole tensor need never exist. A synaptic layer asked for ``lazy_below``
+    a..b-1 (``rows(a, b, out)`` writes them into ``out``, a ``[b - a, B, *shape]`` tensor, and
+    returns it), so the whole tensor need never exist. A synaptic layer asked for ``lazy_below``
     sends this down (the layer's n and weights, kept until the layer below has scanned it), and
     :func:`synaptic_layer_feedback` below reads it chunk by chunk in its reverse scan. It reads
     the layer's weights when called: use it before an optimizer step changes them."""
 
-    rows: Callable[[int, int], Tensor]
+    rows: Callable[..., Tensor]
     shape: Tuple[int, ...]
 
     def materialize(self) -> Tensor:
@@ -229,8 +230,13 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         if need_below:
             below = _below_alphabeta(ops, bufs, (Wp, Wn), (xp, xn if signed else None), const)
     else:
-        G_W = absW.mul_(correlate_any(ops, totals[0], x, W.shape, dt)).mul_(scale)
-        G_b = b.abs() * ops.bias_sum(totals[0]) * scale if b is not None else None
+        n_sum = totals[0]
+        if const:  # scale the [B, *out] sum rather than the weight-sized G
+            n_sum, scale = n_sum * scale, 1.0
+        G_W = absW.mul_(correlate_any(ops, n_sum, x, W.shape, dt))
+        if scale != 1.0:
+            G_W.mul_(scale)
+        G_b = b.abs() * ops.bias_sum(n_sum) * scale if b is not None else None
         if need_below:
             below = _below_linear(ops, bufs[0], W, x, const)
     if need_below:
@@ -246,10 +252,10 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
 
 
 def _below_linear(ops, n: Tensor, W: Tensor, x: Tensor, const: bool):
-    """rows(a, b) of the feedback below, x_t * (n_t W) (spec section 3), for steps a..b-1."""
-    def rows(a: int, b: int) -> Tensor:
+    """rows(a, b[, out]) of the feedback below, x_t * (n_t W) (spec section 3), steps a..b-1."""
+    def rows(a: int, b: int, out: Optional[Tensor] = None) -> Tensor:
         xa = x if const else x[a:b]
-        return mul_input_(ops.transpose(n[a:b], W, xa.shape), xa)
+        return mul_input_(ops.transpose(n[a:b], W, xa.shape, out=out), xa)
     return rows
 
 
@@ -257,14 +263,14 @@ def _below_alphabeta(ops, n, Ws, xs, const: bool):
     """rows(a, b) of the alphabeta feedback below: x+ (n+ W+ + n- W-) [+ x- (n+ W- + n- W+)]."""
     (n_p, n_n), (Wp, Wn), (xp, xn) = n, Ws, xs
 
-    def rows(a: int, b: int) -> Tensor:
+    def rows(a: int, b: int, out: Optional[Tensor] = None) -> Tensor:
         xpa = xp if const else xp[a:b]
         sh = xpa.shape
-        out = xpa * (ops.transpose(n_p[a:b], Wp, sh) + ops.transpose(n_n[a:b], Wn, sh))
+        res = xpa * (ops.transpose(n_p[a:b], Wp, sh) + ops.transpose(n_n[a:b], Wn, sh))
         if xn is not None:
             xna = xn if const else xn[a:b]
-            out = out + xna * (ops.transpose(n_p[a:b], Wn, sh) + ops.transpose(n_n[a:b], Wp, sh))
-        return out
+            res = res + xna * (ops.transpose(n_p[a:b], Wn, sh) + ops.transpose(n_n[a:b], Wp, sh))
+        return res if out is None else out.copy_(res)
     return rows
 
 
@@ -307,13 +313,16 @@ def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize,
     # beta and theta per neuron made once here, not again by every chunk's scan
     beta, threshold = (torch.as_tensor(p, dtype=membrane.dtype, device=membrane.device)
                        .expand(carry.shape).contiguous() for p in (beta, threshold))
+    # one buffer for every chunk's rows: step + 1 places, as a chunk's slices of v and s start
+    # one step early (step a reads v and s at a - 1); that first place is never read
+    buf = torch.empty((min(T, step + 1), *r.shape[1:]), dtype=membrane.dtype, device=membrane.device)
     for b in range(T, 0, -step):
         a = max(0, b - step)
-        lo = a - 1 if a > 0 else 0  # step a reads v and s at a - 1
-        # rows lo..b-1: row a - 1 only fills the place of step a - 1, which the next chunk scans
-        rows = r.rows(lo, b).to(membrane.dtype)
+        lo = a - 1 if a > 0 else 0
+        rows = buf[:b - lo]
+        r.rows(a, b, rows[a - lo:])
         if m is not None:
-            rows = rows.div_(m)
+            rows[a - lo:].div_(m)
         part = {k: (v[lo:b] if v is not None and v.dim() == membrane.dim() else v)
                 for k, v in scan.items() if k in ("base", "P", "N")}
         n_o, sums_o, F_o, c_o = out

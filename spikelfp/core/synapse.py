@@ -28,8 +28,9 @@ class LinearOps(NamedTuple):
     def forward(self, x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
         return Fn.linear(x, W, b)
 
-    def transpose(self, n: Tensor, W: Tensor, x_shape: Tuple[int, ...]) -> Tensor:
-        return n @ W
+    def transpose(self, n: Tensor, W: Tensor, x_shape: Tuple[int, ...],
+                  out: Optional[Tensor] = None) -> Tensor:
+        return torch.matmul(n, W) if out is None else torch.matmul(n, W, out=out)
 
     def correlate(self, n: Tensor, x: Tensor, W_shape: Tuple[int, ...]) -> Tensor:
         return n.reshape(-1, n.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
@@ -54,14 +55,16 @@ class Conv2dOps(NamedTuple):
         out = Fn.conv2d(self._rows(x), W, b, self.stride, self.padding, self.dilation, self.groups)
         return out.reshape(*lead, *out.shape[1:])
 
-    def transpose(self, n: Tensor, W: Tensor, x_shape: Tuple[int, ...]) -> Tensor:
+    def transpose(self, n: Tensor, W: Tensor, x_shape: Tuple[int, ...],
+                  out: Optional[Tensor] = None) -> Tensor:
         lead = n.shape[:-3]
         rows = self._rows(n)
         in_shape = (rows.shape[0], *x_shape[-3:])
-        out = torch.nn.grad.conv2d_input(
+        res = torch.nn.grad.conv2d_input(
             in_shape, W, rows, self.stride, self.padding, self.dilation, self.groups
         )
-        return out.reshape(*lead, *out.shape[1:])
+        res = res.reshape(*lead, *res.shape[1:])
+        return res if out is None else out.copy_(res)
 
     def correlate(self, n: Tensor, x: Tensor, W_shape: Tuple[int, ...]) -> Tensor:
         return torch.nn.grad.conv2d_weight(

@@ -100,8 +100,10 @@ def _flatten_feedback(layer, r, record, rule=None, need_below=True, details=Fals
         return LayerFeedback(None, None, None)
     frame = record.x.shape[-layer.frame_dims:]
     if isinstance(r, LazyFeedback):
-        below = LazyFeedback(lambda a, b: flatten_feedback(r.rows(a, b), frame),
-                             (*r.shape[:2], *frame))
+        def rows(a, b, out=None):
+            flat = None if out is None else out.reshape(b - a, *r.shape[1:])
+            return flatten_feedback(r.rows(a, b, flat), frame)
+        below = LazyFeedback(rows, (*r.shape[:2], *frame))
         return LayerFeedback(None, None, below if lazy_below else below.materialize())
     return LayerFeedback(None, None, flatten_feedback(r, frame))
 
