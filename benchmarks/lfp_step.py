@@ -10,7 +10,8 @@ What is timed, per T (784-1000-10 LIF MLP, beta 0.9, threshold 1, reset subtract
 constant input: one [B, 784] frame fed at every step):
 
 * ``spikelfp LFP step``: ``opt.zero_grad(); lfp.step(x, y, steps=T); opt.step()`` with the
-  default LFP (epsilon rule, sequence reward, step-scope max-abs) and Adam, the forward records
+  default LFP (epsilon rule, sequence reward, step-scope max-abs) and Adam (for every method
+  as ``spikelfp train`` makes it: torch's fused kernel where available), the forward records
   compact (``net.run(x, T, compact=True)`` + ``lfp.backward`` + ``lfp.apply``: uint8 spikes), the
   reverse scan fused (numba) where available.
 * ``spikelfp LFP step, fused kernels off``: the same step with the compiled forward and reverse
@@ -71,6 +72,7 @@ import spikelfp  # noqa: E402
 import spikelfp.nn as slnn  # noqa: E402
 from spikelfp import LFP  # noqa: E402
 from spikelfp.core import fused  # noqa: E402
+from spikelfp.train.loop import make_optimizer  # noqa: E402
 
 N_IN, N_HID, N_OUT, BETA = 784, 1000, 10, 0.9
 POOL = 4  # batches in the data pool
@@ -189,7 +191,7 @@ def try_lfprop(device: torch.device):
                             surrogate_disable=False, spike_grad="step").to(device)
         composite = LFPSNNEpsilonComposite(epsilon=1e-6)
         reward_fn = reward_functions.SnnCorrectClassRewardSpikesRateCoded(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        opt = adam(model.parameters(), lr=1e-3)
 
         def step(x, y):
             model.train()
@@ -213,6 +215,18 @@ def try_lfprop(device: torch.device):
 # ----------------------------------------------------------------------------- methods
 
 
+def adam(params, lr: float) -> torch.optim.Optimizer:
+    """Adam as ``spikelfp train`` makes it (torch's fused kernel where available), for every
+    method alike."""
+    return make_optimizer({"optimizer": "adam", "lr": lr, "weight_decay": 0.0, "momentum": 0.0},
+                          params)
+
+
+def adam_fused() -> bool:
+    """Whether :func:`adam` gets torch's fused kernel here (CPU: torch >= 2.4)."""
+    return bool(adam([torch.zeros(1, requires_grad=True)], 1e-3).defaults.get("fused"))
+
+
 @torch.no_grad()
 def compact_lfp_step(lfp: LFP, x, y, T: int) -> None:
     """``lfp.step(x, y, steps=T)`` with compact (uint8) forward records: the public
@@ -227,7 +241,7 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
 
     net = make_spikelfp(args.seed, device)
     lfp = LFP(net)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = adam(net.parameters(), lr=1e-3)
 
     def lfp_step(x, y):
         opt.zero_grad()
@@ -240,7 +254,7 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
         # the same step with the fused reverse scan switched off (the fallback path)
         tnet = make_spikelfp(args.seed, device)
         tlfp = LFP(tnet)
-        topt = torch.optim.Adam(tnet.parameters(), lr=1e-3)
+        topt = adam(tnet.parameters(), lr=1e-3)
 
         def lfp_step_torchscan(x, y):
             prev = fused.set_enabled(False)
@@ -270,7 +284,7 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
     for key, hoist in variants:
         model = TutorialSNN(hoist_fc1=hoist).to(device)
         copy_into_snntorch(make_spikelfp(args.seed, device), model)
-        sopt = torch.optim.Adam(model.parameters(), lr=5e-4)
+        sopt = adam(model.parameters(), lr=5e-4)
         loss_fn = SF.ce_count_loss()
 
         def bptt_step(x, y, model=model, sopt=sopt, loss_fn=loss_fn):
@@ -576,7 +590,8 @@ def main(argv=None) -> int:
           + f" | CPU: {info['cpu_model']}, {info['cpu_count']} cores | torch {info['torch']}, "
           f"{info['torch_threads']} threads | snntorch {info['snntorch']} | spikelfp "
           f"{info['spikelfp']}")
-    print(f"timing: median over {repeats} interleaved rounds after {warmup} warm-up rounds")
+    print(f"timing: median over {repeats} interleaved rounds after {warmup} warm-up rounds; "
+          f"Adam for every method, fused: {adam_fused()}")
 
     lfprop_factory, why = try_lfprop(device)
     if lfprop_factory is None:
@@ -588,7 +603,7 @@ def main(argv=None) -> int:
         "repeats": repeats, "warmup": warmup, "seed": args.seed,
         "input": "synthetic MNIST-like strokes in [-1, 1], constant over T; random labels",
         "optimizers": {"lfp_step": "Adam lr 1e-3", "snntorch": "Adam lr 5e-4",
-                       "lfprop_step": "Adam lr 1e-3"},
+                       "lfprop_step": "Adam lr 1e-3", "fused": adam_fused()},
     }, "lfprop": None if lfprop_factory is None else "importable", "lfprop_skip_reason": why,
         "input_mean": statistics.fmean(x.mean().item() for x in xs), "runs": {}}
 

@@ -107,10 +107,15 @@ def test_lazy_feedback_details_equal_whole(monkeypatch):
             _close(getattr(b, field), getattr(a, field), 1e-12, field)
 
 
-def test_chunks_never_exceed_the_limit(monkeypatch):
+@pytest.mark.parametrize("fused_on", [False, True])
+def test_chunks_never_exceed_the_limit(fused_on, path, monkeypatch):
     """The layer below reads the feedback in slices of at most LAZY_CHUNK // (B N) steps (each
-    step once), and LFP sends it lazily only where the layer below scans lazily (not
+    step once); the CPU kernel makes a linear layer's feedback itself from n, W and the spikes
+    (no rows at all); and LFP sends it lazily only where the layer below scans lazily (not
     into a pooling layer)."""
+    if fused_on and not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    path(fused_on)
     sizes = []
     orig = fb._below_linear
 
@@ -126,7 +131,7 @@ def test_chunks_never_exceed_the_limit(monkeypatch):
     net = _mlp("subtract")
     LFP(net).compute(torch.rand(6, 12, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2]), steps=10)
     # two lazy boundaries; chunks of 3 steps: steps 7-9, 4-6, 1-3 and 0 -> 3 + 3 + 3 + 1 rows
-    assert sizes == [3, 3, 3, 1] * 2
+    assert sizes == ([] if fused_on else [3, 3, 3, 1] * 2)
     conv = snn.Sequential(snn.LIFConv2d(1, 2, 3, padding=1), snn.MaxPool2d(2), snn.Flatten(),
                           snn.LIFLinear(2 * 4 * 4, 3))
     walk = {w[1]: w[-1] for w in LFP(conv)._walk}
@@ -167,3 +172,19 @@ def test_statistics_count_lazy_feedback_like_the_tensor():
         assert nonzero_fraction(lazy[k]) == nonzero_fraction(whole[k])
         if isinstance(lazy[k], LazyFeedback):
             assert torch.equal(lazy[k].materialize(), whole[k])
+
+
+@pytest.mark.parametrize("normalize", ["step", "layer"])
+def test_float32_kernel_made_feedback_agrees_with_the_matrix_product(normalize, path):
+    """float32, the CPU kernel making x_t (n_t W) itself (summed over k in order) against the
+    whole tensor from torch's matrix product: the same G up to float32 rounding."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    path(True)
+    net = _mlp("zero", dtype=torch.float32, seed=3)
+    x, y = torch.rand(6, 12), torch.tensor([0, 1, 2, 0, 1, 2])
+    whole = _grads(net, x, y, 11, "epsilon", normalize, keep_feedback=True)
+    lazy = _grads(net, x, y, 11, "epsilon", normalize, keep_feedback=False)
+    for k in whole:
+        assert whole[k].abs().max() > 0, k
+        _close(lazy[k], whole[k], 1e-5, k)

@@ -100,18 +100,24 @@ def test_train_flags_map_to_config_keys():
 
 
 def test_cli_fixes_glibc_mmap_threshold(monkeypatch):
-    """The CLI fixes glibc's mmap threshold (bounded resident set on long sequences);
-    SPIKELFP_MMAP_THRESHOLD=0 leaves glibc's default, a bad value is ignored."""
+    """The CLI fixes glibc's mmap threshold for long sequences only (bounded resident set there;
+    page faults cost speed on short ones); SPIKELFP_MMAP_THRESHOLD decides for every run (0 =
+    glibc's default), a bad value is ignored."""
     import ctypes.util
     import sys
 
-    from spikelfp.cli import fix_mmap_threshold
+    from spikelfp.cli import LONG_SEQUENCE, fix_mmap_threshold
 
+    monkeypatch.delenv("SPIKELFP_MMAP_THRESHOLD", raising=False)
+    assert fix_mmap_threshold() is False
+    assert fix_mmap_threshold(LONG_SEQUENCE - 1) is False
     monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", "0")
-    assert fix_mmap_threshold() is False
+    assert fix_mmap_threshold(10 * LONG_SEQUENCE) is False
     monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", "lots")
-    assert fix_mmap_threshold() is False
-    monkeypatch.delenv("SPIKELFP_MMAP_THRESHOLD")
+    assert fix_mmap_threshold(10 * LONG_SEQUENCE) is False
     if not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None:
         pytest.skip("glibc's mallopt exists on Linux only")
-    assert fix_mmap_threshold() is True
+    monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", str(1 << 20))
+    assert fix_mmap_threshold(15) is True
+    monkeypatch.delenv("SPIKELFP_MMAP_THRESHOLD")
+    assert fix_mmap_threshold(LONG_SEQUENCE) is True

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as Fn
 
 from . import fused
+from .synapse import LinearOps
 from .rules import NORM_FLOOR, TEMPORAL_MODES, Rule, check_norm_scope, maxabs_normalize
 
 Tensor = torch.Tensor
@@ -57,6 +58,9 @@ class LazyFeedback(NamedTuple):
 
     rows: Callable[..., Tensor]
     shape: Tuple[int, ...]
+    #: ``(n, W, x)`` when rows(a, b) = x[a:b] * (n[a:b] @ W) (a linear layer above, n ``[T, B, K]``,
+    #: compact spikes x): the CPU kernel below then makes each step itself (no rows at all)
+    lowrank: Optional[Tuple[Tensor, Tensor, Tensor]] = None
 
     def materialize(self) -> Tensor:
         """The whole feedback as one tensor."""
@@ -178,7 +182,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     direction = temporal == "direction"
 
     # The only [T, B, *out]-sized precomputes are the ones that need a matrix multiply.
-    base = P = N = None
+    base = P = N = lowrank = None
     if name in ("zplus_zminus", "alphabeta") and not x.is_floating_point():
         x = x.to(dt)  # compact (uint8) spikes from the layer below: these rules need sign and abs
     if name == "zplus_zminus":  # sum of |contributions| other than the temporal one, + eps
@@ -239,10 +243,12 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         G_b = b.abs() * ops.bias_sum(n_sum) * scale if b is not None else None
         if need_below:
             below = _below_linear(ops, bufs[0], W, x, const)
+            if not const and x.dtype in (torch.uint8, torch.bool) and isinstance(ops, LinearOps):
+                lowrank = (bufs[0], W, x)
     if need_below:
         T = membrane.shape[0]
-        below = LazyFeedback(below, (T, *x.shape) if const else tuple(x.shape)) if lazy_below \
-            else below(0, T)
+        below = LazyFeedback(below, (T, *x.shape) if const else tuple(x.shape), lowrank) \
+            if lazy_below else below(0, T)
     else:
         below = None
 
@@ -309,6 +315,11 @@ def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize,
     out = fused.scan_outputs(membrane, 2 if scan["rule"].name == "alphabeta" else 1,
                              scan["keep"], scan["details"])
     m = _lazy_maxabs(r, step, max_reduce) if normalize == "layer" else None
+    if r.lowrank is not None and membrane.device.type == "cpu" and fused.usable(membrane, max_reduce):
+        # the kernel makes r_t from the layer above's n_t, W and x_t itself: one call, no rows
+        return fused.reverse_scan(None, membrane, spikes, beta, threshold,
+                                  normalize=normalize if normalize in ("step", "sample") else None,
+                                  **scan, out=out, lowrank=(*r.lowrank, m))
     carry = torch.zeros_like(membrane[0])
     # beta and theta per neuron made once here, not again by every chunk's scan
     beta, threshold = (torch.as_tensor(p, dtype=membrane.dtype, device=membrane.device)

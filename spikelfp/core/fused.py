@@ -95,16 +95,21 @@ _TRITON = False
 def _kernel(  # noqa: C901  (the whole scan in one compiled function)
         r, v, s, beta, th, P, N, base, n1, n2, sums1, sums2, Fbuf, Cbuf, C, have_c, stop,
         rule, norm, subtract, spiking, direction, keep, details, zero_mask, B,
-        eps, alpha, beta_ab, floor, one):  # pragma: no cover - compiled by numba (run by the tests)
+        eps, alpha, beta_ab, floor, one, ln, lW, lg, rdiv):  # pragma: no cover - compiled by numba
     T, M = v.shape
     per = M // B
     F = np.empty(M, v.dtype)
     mx = np.empty(B, v.dtype)
     zero = one - one  # constants in the arrays' dtype (a float64 literal would promote float32)
+    lowrank = lW.shape[0] > 0  # r_t made here, one step at a time (see _lowrank_row)
     for t in range(T - 1, stop - 1, -1):
+        tr = t
+        if lowrank:
+            _lowrank_row(r, ln, lW, lg, t, B, rdiv, one)
+            tr = 0
         # pass 1: F_t = r_t + c_t, and its max-abs (per step or per sample); NaN -> no scaling
         if norm != 2:
-            m = _fill_max(F, r, C, t, have_c, norm == 1, one)
+            m = _fill_max(F, r, C, tr, have_c, norm == 1, one)
             m = m if m > floor else one  # also the NaN marker -1
             for b in range(B):
                 mx[b] = m
@@ -113,7 +118,7 @@ def _kernel(  # noqa: C901  (the whole scan in one compiled function)
             nan = False
             for k in range(per):
                 i = b * per + k
-                f = r[t, i] + C[i] if have_c else r[t, i]
+                f = r[tr, i] + C[i] if have_c else r[tr, i]
                 F[i] = f
                 if norm != 0:
                     a = abs(f)
@@ -191,6 +196,33 @@ def _kernel(  # noqa: C901  (the whole scan in one compiled function)
                 if zu_here:
                     C[i] = (abs(zu) if direction else zu) * nsel
         have_c = zu_here
+
+
+def _lowrank_row(R, ln, lW, lg, t, B, rdiv, one):  # pragma: no cover - compiled by numba
+    """R[0] = ((n_t W) * g_t) / rdiv: the feedback a linear layer above sends at step t (spec
+    section 3, r^below_t = x_t (n_t W)) from its n_t ``ln`` [T, B K], weights ``lW`` [K, N] and
+    input ``lg`` [T, B N], made per step in ``R`` [1, B N] instead of read from a [T, B N] tensor
+    (``rdiv``: the "layer" scope's max, or 1). The products are summed over k in order."""
+    K, Nn = lW.shape
+    row = R[0]
+    for b in range(B):
+        o = b * Nn
+        acc = row[o:o + Nn]
+        a = ln[t, b * K]
+        for j in range(Nn):
+            acc[j] = a * lW[0, j]
+        for k in range(1, K):
+            a = ln[t, b * K + k]
+            w = lW[k]
+            for j in range(Nn):
+                acc[j] += a * w[j]
+        g = lg[t, o:o + Nn]
+        if rdiv == one:  # x / 1 == x: the division only where a "layer" max divides
+            for j in range(Nn):
+                acc[j] = acc[j] * g[j]
+        else:
+            for j in range(Nn):
+                acc[j] = (acc[j] * g[j]) / rdiv
 
 
 def _fill_max(F, r, C, t, have_c, want_max, one):  # pragma: no cover - compiled by numba
@@ -330,6 +362,7 @@ if HAVE_NUMBA:
     # ZeroDivisionError check per division, which would keep the loops from vectorizing
     _JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     _epsilon_step = numba.njit(**_JIT)(_epsilon_step)
+    _lowrank_row = numba.njit(**_JIT)(_lowrank_row)
     _fill_max = numba.njit(**_JIT)(_fill_max)
     _lif_compiled = numba.njit(**_JIT)(_lif_kernel)
     _compiled = numba.njit(**_JIT)(_kernel)
@@ -377,7 +410,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
                  spiking: bool, rule, normalize: Optional[str], direction: bool, keep: bool,
                  details: bool, base: Optional[Tensor] = None, P: Optional[Tensor] = None,
                  N: Optional[Tensor] = None, out=None, carry: Optional[Tensor] = None,
-                 stop: int = 0):
+                 stop: int = 0, lowrank=None):
     """Run the fused reverse scan (see the module docstring). ``r``, ``membrane``, ``spikes``:
     ``[T, B, *out]`` (spikes uint8, bool or float); ``base``: the z+z- sum ``sum |W||x| + eps (+ |b|)``,
     ``P``/``N``: the alphabeta sums of positive/negative contributions (each ``[T, B, *out]`` or a
@@ -388,6 +421,11 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     as step ``stop`` reads v and s at ``stop - 1``), ``carry`` (``[B, *out]``: c at the top step,
     overwritten with c_{stop-1} at the end) and ``out`` (the outputs to write into, as from
     :func:`scan_outputs`; the running sums accumulate).
+
+    ``lowrank`` (CPU only): ``(n, W, x, m)`` instead of ``r`` (which is then not read): r_t =
+    (x_t (n_t W)) / m, the feedback a linear layer above with n ``[T, B, K]``, weights ``[K, N]``
+    and compact input ``x`` ``[T, B, N]`` sends, made one step at a time inside the scan (no
+    ``[T, B, N]`` tensor of it; ``m``: the "layer" scope's max or None).
 
     Returns ``(n, sums, F, c)``: ``n`` a list of ``[T, B, *out]`` tensors (one, or (n+, n-) for
     alphabeta) when ``keep``, else None; ``sums`` the list of sum_t n_t ``[B, *out]`` when not
@@ -409,7 +447,10 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     B = membrane.shape[1]
     empty = np.empty((0, 0), np_dt)
     v_np = _flat(membrane)
-    r_np = _flat(r.to(dt))
+    if lowrank is None:
+        r_np, lr = _flat(r.to(dt)), (empty, empty, np.empty((0, 0), np.uint8), np_dt(1.0))
+    else:
+        r_np, lr = np.empty((1, v_np.shape[1]), np_dt), _lowrank_arrays(lowrank, dt, np_dt)
     # spikes as uint8 0/1 (one compiled variant per float dtype, not per spike dtype); they are
     # read only for a spiking layer (ReLU mode: activations, never read)
     if not spiking:
@@ -434,5 +475,17 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
         RULE_CODES[rule.name], NORM_CODES[normalize], reset == "subtract", bool(spiking),
         bool(direction), bool(keep), bool(details), reset == "zero" and rule.name != "lfprop", B,
         np_dt(rule.epsilon), np_dt(rule.alpha), np_dt(rule.beta), np_dt(NORM_FLOOR), np_dt(1.0),
+        *lr,
     )
     return out
+
+
+def _lowrank_arrays(lowrank, dt, np_dt):
+    """``(n, W, x, m)`` of :func:`reverse_scan` as the kernel's ``[T, B K]``, ``[K, N]``, uint8
+    ``[T, B N]`` arrays and the divisor."""
+    n, W, x, m = lowrank
+    T = n.shape[0]
+    x = x.view(torch.uint8) if x.dtype == torch.bool else x
+    return (n.detach().to(dt).contiguous().reshape(T, -1).numpy(),
+            W.detach().to(dt).contiguous().numpy(), x.contiguous().reshape(T, -1).numpy(),
+            np_dt(1.0) if m is None else np_dt(float(m)))

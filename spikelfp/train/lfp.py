@@ -103,7 +103,7 @@ def _flatten_feedback(layer, r, record, rule=None, need_below=True, details=Fals
         def rows(a, b, out=None):
             flat = None if out is None else out.reshape(b - a, *r.shape[1:])
             return flatten_feedback(r.rows(a, b, flat), frame)
-        below = LazyFeedback(rows, (*r.shape[:2], *frame))
+        below = LazyFeedback(rows, (*r.shape[:2], *frame), r.lowrank)  # same flat layout
         return LayerFeedback(None, None, below if lazy_below else below.materialize())
     return LayerFeedback(None, None, flatten_feedback(r, frame))
 
