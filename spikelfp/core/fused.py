@@ -17,9 +17,11 @@ For t = T..1 (c_T = 0), per neuron, exactly what the torch loop of
     c_{t-1} = z^u_t n_t            (alphabeta: n+ where z^u > 0, else n-; "direction": |z^u_t| n_t)
 
 and either n_t is written to a ``[T, M]`` buffer or sum_t n_t is accumulated (the lowest layer
-under a constant input needs nothing else). Two passes over ``[M]`` per step (the max needs the
-whole step before the division; nothing else does), with no temporaries: the torch loop makes
-about ten. The first pass and the epsilon rule's second pass are written without data-dependent
+under a constant input needs nothing else). r_t is read from a ``[T, M]`` tensor, or (CPU,
+``lowrank``) made at each step from the linear layer above: r_t = x_t (n_t W) (its n, weights
+and compact input), so that the feedback between two layers is never stored. Two passes over
+``[M]`` per step (the max needs the whole step before the division; nothing else does), with no
+temporaries: the torch loop makes about ten. The first pass and the epsilon rule's second pass are written without data-dependent
 branches so that they vectorize. The arithmetic and its order are those of the torch loop
 (constants in the tensors' dtype), so the results agree with it to float rounding (in practice
 bit for bit). Forward scan (:func:`lif_forward`): one pass per step, bit-identical to the torch
