@@ -28,6 +28,8 @@ import re
 import runpy
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -245,6 +247,7 @@ class Runner:
             (self.work / name).symlink_to(REPO / name)
         self.done: Dict[str, Result] = {}
         self.started: Dict[str, tuple] = {}
+        self.port = _free_port()  # one per runner: a command prepared twice is the same launch
         (root / "out").mkdir()
         self.resolvers = {"run": lambda: self.quick_start().run_dir, "subtract": lambda: self.subtract_run().run_dir,
                           "resume": self.resume_copy, "cuba": lambda: self.readme(FROM_COMMENT_KEY).run_dir,
@@ -320,7 +323,7 @@ class Runner:
     def _prepare_torchrun(self, argv: List[str], tag: str) -> List[str]:
         i = argv.index("-m")
         assert argv[i + 1:i + 3] == ["spikelfp", "train"], argv
-        port = str(30500 + os.getpid() % 1000)
+        port = str(self.port)
         head = [sys.executable, "-m", "torch.distributed.run", "--master-port", port] + argv[1:i + 1]
         return head + self._shrink(argv[i + 1:], ("spikelfp", "train"), tag)
 
@@ -353,7 +356,10 @@ class Runner:
             log = self.root / "out" / f"subprocess-{len(self.started)}"
             env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
             with open(f"{log}.out", "w") as so, open(f"{log}.err", "w") as se:
-                proc = subprocess.Popen(argv, cwd=self.work, env=env, stdout=so, stderr=se, text=True)
+                # its own process group: close() stops torchrun's workers with it (killing only
+                # the launcher left its two ranks waiting forever when the test was deselected)
+                proc = subprocess.Popen(argv, cwd=self.work, env=env, stdout=so, stderr=se, text=True,
+                                        start_new_session=True)
             self.started[key] = (proc, log)
         return self.started[key]
 
@@ -364,9 +370,11 @@ class Runner:
 
     def close(self) -> None:
         for proc, _ in self.started.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            try:  # the launcher and its workers (the group is still there if a worker outlives it)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
 
     def _in_process(self, argv):
         so, se = io.StringIO(), io.StringIO()
@@ -383,6 +391,13 @@ class Runner:
                 torch.set_num_threads(saved[2])
         return rc, so.getvalue(), se.getvalue()
 
+
+
+def _free_port() -> int:
+    """A TCP port free on this machine now (the OS picks it), for torchrun's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _exit_code(fn) -> int:
