@@ -102,12 +102,22 @@ def test_train_flags_map_to_config_keys():
 def test_cli_fixes_glibc_mmap_threshold(monkeypatch):
     """The CLI fixes glibc's mmap threshold for long sequences only (bounded resident set there;
     page faults cost speed on short ones); SPIKELFP_MMAP_THRESHOLD decides for every run (0 =
-    glibc's default), a bad value is ignored."""
-    import ctypes.util
+    glibc's default), a bad value is ignored. mallopt is recorded, not called: a real call would
+    change this test process's allocator for the rest of the suite."""
+    import ctypes
     import sys
 
-    from spikelfp.cli import LONG_SEQUENCE, fix_mmap_threshold
+    from spikelfp.cli import LONG_SEQUENCE, MMAP_THRESHOLD, fix_mmap_threshold
 
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.delenv("SPIKELFP_MMAP_THRESHOLD", raising=False)
     assert fix_mmap_threshold() is False
     assert fix_mmap_threshold(LONG_SEQUENCE - 1) is False
@@ -115,9 +125,25 @@ def test_cli_fixes_glibc_mmap_threshold(monkeypatch):
     assert fix_mmap_threshold(10 * LONG_SEQUENCE) is False
     monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", "lots")
     assert fix_mmap_threshold(10 * LONG_SEQUENCE) is False
-    if not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None:
-        pytest.skip("glibc's mallopt exists on Linux only")
-    monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", str(1 << 20))
+    assert calls == []
+    monkeypatch.setenv("SPIKELFP_MMAP_THRESHOLD", str(1 << 22))
     assert fix_mmap_threshold(15) is True
     monkeypatch.delenv("SPIKELFP_MMAP_THRESHOLD")
     assert fix_mmap_threshold(LONG_SEQUENCE) is True
+    assert calls == [(-3, 1 << 22), (-3, MMAP_THRESHOLD)]  # M_MMAP_THRESHOLD
+
+
+def test_cli_mallopt_call_works_on_glibc():
+    """The real call, in a child process (it changes that process's allocator)."""
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None:
+        pytest.skip("glibc's mallopt exists on Linux only")
+    code = "from spikelfp.cli import fix_mmap_threshold; print(fix_mmap_threshold(1000))"
+    env = {k: v for k, v in os.environ.items() if k != "SPIKELFP_MMAP_THRESHOLD"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr

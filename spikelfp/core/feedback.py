@@ -17,6 +17,7 @@ is passed straight through. The non-spiking ReLU mode is the same with z^u = 0 a
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -66,6 +67,13 @@ class LazyFeedback(NamedTuple):
         """The whole feedback as one tensor."""
         return self.rows(0, self.shape[0])
 
+    def chunks(self, limit: int):
+        """The feedback made a slice of steps of about ``limit`` elements at a time (each slice
+        a new tensor: read it before asking for the next)."""
+        T = self.shape[0]
+        for a, b in step_ranges(T, math.prod(self.shape[1:]), limit):
+            yield self.rows(a, b)
+
 
 #: elements of r per chunk of steps when a lazy feedback is scanned (1 MB of float32); on a GPU,
 #: where each chunk costs kernel launches and memory is rarely the limit, LAZY_CHUNK_CUDA (16 MB)
@@ -84,12 +92,16 @@ def _neuron_view(p: Tensor, neuron_dims: int) -> Tensor:
 CORRELATE_WHOLE = 1 << 18
 
 
-def step_slices(x: Tensor, limit: int):
-    """``(start, stop)`` ranges over the first dimension of ``x`` with about ``limit`` elements
-    each (at least one step)."""
-    T = x.shape[0]
-    step = max(1, limit // max(1, x[0].numel()))
+def step_ranges(T: int, per_step: int, limit: int):
+    """``(start, stop)`` ranges over ``T`` steps of ``per_step`` elements each, about ``limit``
+    elements per range (at least one step)."""
+    step = max(1, limit // max(1, per_step))
     return [(a, min(T, a + step)) for a in range(0, T, step)]
+
+
+def step_slices(x: Tensor, limit: int):
+    """:func:`step_ranges` over the first dimension of ``x``."""
+    return step_ranges(x.shape[0], x[0].numel(), limit)
 
 
 def correlate_any(ops, n: Tensor, x: Tensor, W_shape, dtype) -> Tensor:
@@ -282,7 +294,8 @@ def _below_alphabeta(ops, n, Ws, xs, const: bool):
 
 def _scan(r, membrane, spikes, beta, threshold, normalize, max_reduce, scan, **part):
     """One reverse scan: the compiled kernels where they can run, else the torch loop (``part``:
-    ``out``, ``carry``, ``stop`` for one chunk of a longer scan)."""
+    ``out``, ``carry``, ``stop`` for one chunk of a longer scan; ``lowrank`` for the CPU kernel
+    only, see :func:`spikelfp.core.fused.reverse_scan`)."""
     if fused.usable(membrane, max_reduce):
         return fused.reverse_scan(r, membrane, spikes, beta, threshold,
                                   normalize=normalize if normalize in ("step", "sample") else None,
@@ -293,11 +306,11 @@ def _scan(r, membrane, spikes, beta, threshold, normalize, max_reduce, scan, **p
                               normalize=normalize, max_reduce=max_reduce, **scan, **part)
 
 
-def _lazy_maxabs(r: LazyFeedback, step: int, reduce=None) -> Tensor:
+def _lazy_maxabs(r: LazyFeedback, limit: int, reduce=None) -> Tensor:
     """max|r| over every chunk (the ``layer`` scope), as :func:`maxabs_normalize` takes it."""
     m = None
-    for a in range(0, r.shape[0], step):
-        lo, hi = torch.aminmax(r.rows(a, min(r.shape[0], a + step)))
+    for rows in r.chunks(limit):
+        lo, hi = torch.aminmax(rows)
         mc = torch.maximum(hi, -lo)
         m = mc if m is None else torch.maximum(m, mc)
     if reduce is not None:
@@ -314,12 +327,11 @@ def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize,
     step = max(1, limit // max(1, membrane[0].numel()))
     out = fused.scan_outputs(membrane, 2 if scan["rule"].name == "alphabeta" else 1,
                              scan["keep"], scan["details"])
-    m = _lazy_maxabs(r, step, max_reduce) if normalize == "layer" else None
+    m = _lazy_maxabs(r, limit, max_reduce) if normalize == "layer" else None
     if r.lowrank is not None and membrane.device.type == "cpu" and fused.usable(membrane, max_reduce):
         # the kernel makes r_t from the layer above's n_t, W and x_t itself: one call, no rows
-        return fused.reverse_scan(None, membrane, spikes, beta, threshold,
-                                  normalize=normalize if normalize in ("step", "sample") else None,
-                                  **scan, out=out, lowrank=(*r.lowrank, m))
+        return _scan(None, membrane, spikes, beta, threshold, normalize, max_reduce, scan,
+                     out=out, lowrank=(*r.lowrank, m))
     carry = torch.zeros_like(membrane[0])
     # beta and theta per neuron made once here, not again by every chunk's scan
     beta, threshold = (torch.as_tensor(p, dtype=membrane.dtype, device=membrane.device)

@@ -461,6 +461,8 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     if out is None:
         out = scan_outputs(membrane, k, keep, details)
     if membrane.device.type == "cuda":
+        if lowrank is not None:
+            raise ValueError("reverse_scan: lowrank runs on the CPU kernel only; pass r on CUDA")
         return _triton().reverse_scan(
             r, membrane, spikes, beta, threshold, reset=reset, spiking=spiking, rule=rule,
             normalize=normalize, direction=direction, keep=keep, details=details, base=base,

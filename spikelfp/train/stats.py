@@ -10,6 +10,8 @@ import torch
 from ..core.feedback import LazyFeedback
 
 Tensor = torch.Tensor
+#: elements counted at a time (no full-size mask of the feedback)
+COUNT_CHUNK = 1 << 22
 
 
 def synaptic_records(net, trace) -> List:
@@ -57,14 +59,12 @@ def nonzero_fraction(r) -> float:
     :class:`~spikelfp.core.feedback.LazyFeedback`), counted in slices (no full-size mask or float
     copy; a lazy feedback is made and counted a few steps at a time)."""
     if isinstance(r, LazyFeedback):
-        T = r.shape[0]
-        per = max(1, (1 << 22) // max(1, math.prod(r.shape[1:])))
-        count = sum(int(torch.count_nonzero(r.rows(a, min(T, a + per)))) for a in range(0, T, per))
+        count = sum(int(torch.count_nonzero(rows)) for rows in r.chunks(COUNT_CHUNK))
         return count / max(1, math.prod(r.shape))
     flat = r.detach().reshape(-1)
     if flat.numel() == 0:
         return 0.0
-    count = sum(int(torch.count_nonzero(part)) for part in flat.split(1 << 22))
+    count = sum(int(torch.count_nonzero(part)) for part in flat.split(COUNT_CHUNK))
     return count / flat.numel()
 
 
