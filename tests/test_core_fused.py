@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from _helpers import assert_fused_forward_bit_identical
@@ -142,6 +143,23 @@ def test_fused_keeps_nan_unscaled_like_torch(path_switch):
         ok = ~a.feedback.isnan()
         assert torch.allclose(a.feedback[ok], b.feedback[ok], rtol=1e-12, atol=0)
 
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_maxabs_on_bit_patterns(dtype):
+    """The step max is an integer max over the bit patterns without the sign bit: equal to
+    max|F| for every finite or infinite F (subnormals, -0, a negative largest), -1 for a NaN."""
+    tiny = np.finfo(dtype).smallest_subnormal
+    cases = {(-0.0, 0.0): 0.0, (3.5, -7.25, 7.0): 7.25, (tiny, -2 * tiny): 2 * tiny,
+             (-np.inf, 1.0): np.inf, (1.0, np.nan, -np.inf): -1.0, (np.nan,): -1.0}
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal(1001).astype(dtype)
+    cases[tuple(big)] = float(np.abs(big).max())
+    for values, want in cases.items():
+        F, Fi, box, boxi = fused._scratch(len(values), dtype)
+        F[:] = values
+        got = fused._maxabs(F, Fi, box, boxi, dtype(1.0))
+        assert float(got) == float(dtype(want)), (values[:3], got)
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

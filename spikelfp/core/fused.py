@@ -21,9 +21,11 @@ under a constant input needs nothing else). r_t is read from a ``[T, M]`` tensor
 ``lowrank``) made at each step from the linear layer above: r_t = x_t (n_t W) (its n, weights
 and compact input), so that the feedback between two layers is never stored. Two passes over
 ``[M]`` per step (the max needs the whole step before the division; nothing else does), with no
-temporaries: the torch loop makes about ten. The first pass and the epsilon rule's second pass are written without data-dependent
-branches so that they vectorize. The arithmetic and its order are those of the torch loop
-(constants in the tensors' dtype), so the results agree with it to float rounding (in practice
+temporaries: the torch loop makes about ten. The first pass (F_t, then its max as an integer
+max over the bit patterns, :func:`_maxabs`) and the epsilon rule's second pass are written
+without data-dependent branches so that they vectorize. The arithmetic and its order are those
+of the torch loop (constants in the tensors' dtype; the kernel-made r_t sums its products in its
+own order), so the results agree with it to float rounding (in practice
 bit for bit). Forward scan (:func:`lif_forward`): one pass per step, bit-identical to the torch
 loop of :func:`spikelfp.core.lif.lif_scan` (the same operations, no fused multiply-add).
 
@@ -97,21 +99,25 @@ _TRITON = False
 def _kernel(  # noqa: C901  (the whole scan in one compiled function)
         r, v, s, beta, th, P, N, base, n1, n2, sums1, sums2, Fbuf, Cbuf, C, have_c, stop,
         rule, norm, subtract, spiking, direction, keep, details, zero_mask, B,
-        eps, alpha, beta_ab, floor, one, ln, lW, lg, rdiv):  # pragma: no cover - compiled by numba
+        eps, alpha, beta_ab, floor, one, ln, lW, lg, rdiv, F, Fi, box,
+        boxi):  # pragma: no cover - compiled by numba
     T, M = v.shape
     per = M // B
-    F = np.empty(M, v.dtype)
     mx = np.empty(B, v.dtype)
+    acc = np.empty(lW.shape[1], v.dtype)
     zero = one - one  # constants in the arrays' dtype (a float64 literal would promote float32)
     lowrank = lW.shape[0] > 0  # r_t made here, one step at a time (see _lowrank_row)
     for t in range(T - 1, stop - 1, -1):
         tr = t
-        if lowrank:
-            _lowrank_row(r, ln, lW, lg, t, B, rdiv, one)
+        if lowrank:  # r_t made here: as F_t = r_t + c_t where one max of the step comes next
+            _lowrank_row(F if norm != 2 else r[0], ln, lW, lg, t, B, rdiv, one, C,
+                         have_c and norm != 2, acc)
             tr = 0
         # pass 1: F_t = r_t + c_t, and its max-abs (per step or per sample); NaN -> no scaling
         if norm != 2:
-            m = _fill_max(F, r, C, tr, have_c, norm == 1, one)
+            if not lowrank:
+                _fill(F, r[tr], C, have_c)
+            m = _maxabs(F, Fi, box, boxi, one) if norm == 1 else zero
             m = m if m > floor else one  # also the NaN marker -1
             for b in range(B):
                 mx[b] = m
@@ -200,84 +206,76 @@ def _kernel(  # noqa: C901  (the whole scan in one compiled function)
         have_c = zu_here
 
 
-def _lowrank_row(R, ln, lW, lg, t, B, rdiv, one):  # pragma: no cover - compiled by numba
-    """R[0] = ((n_t W) * g_t) / rdiv: the feedback a linear layer above sends at step t (spec
-    section 3, r^below_t = x_t (n_t W)) from its n_t ``ln`` [T, B K], weights ``lW`` [K, N] and
-    input ``lg`` [T, B N], made per step in ``R`` [1, B N] instead of read from a [T, B N] tensor
-    (``rdiv``: the "layer" scope's max, or 1). The products are summed over k in order."""
+def _lowrank_row(R, ln, lW, lg, t, B, rdiv, one, C, have_c, acc):  # pragma: no cover - numba
+    """R = ((n_t W) * g_t) / rdiv (+ C with ``have_c``): the feedback a linear layer above sends
+    at step t (spec section 3, r^below_t = x_t (n_t W)) from its n_t ``ln`` [T, B K], weights
+    ``lW`` [K, N] and input ``lg`` [T, B N], made per step into ``R`` [B N] instead of read from a
+    [T, B N] tensor (``rdiv``: the "layer" scope's max, or 1); ``acc``: an [N] scratch row. The
+    products are summed four k at a time, ((a0 w0 + a1 w1) + (a2 w2 + a3 w3)), then one by one."""
     K, Nn = lW.shape
-    row = R[0]
+    zero = one - one
     for b in range(B):
         o = b * Nn
-        acc = row[o:o + Nn]
-        a = ln[t, b * K]
+        k0 = b * K
         for j in range(Nn):
-            acc[j] = a * lW[0, j]
-        for k in range(1, K):
-            a = ln[t, b * K + k]
-            w = lW[k]
+            acc[j] = zero
+        K4 = K - K % 4
+        for k in range(0, K4, 4):  # four rows of W per pass over acc (kept in L1)
+            a0, a1, a2, a3 = ln[t, k0 + k], ln[t, k0 + k + 1], ln[t, k0 + k + 2], ln[t, k0 + k + 3]
+            w0, w1, w2, w3 = lW[k], lW[k + 1], lW[k + 2], lW[k + 3]
             for j in range(Nn):
-                acc[j] += a * w[j]
+                acc[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])
+        for k in range(K4, K):
+            a0 = ln[t, k0 + k]
+            w0 = lW[k]
+            for j in range(Nn):
+                acc[j] += a0 * w0[j]
         g = lg[t, o:o + Nn]
+        out = R[o:o + Nn]
+        c = C[o:o + Nn]
         if rdiv == one:  # x / 1 == x: the division only where a "layer" max divides
             for j in range(Nn):
                 acc[j] = acc[j] * g[j]
         else:
             for j in range(Nn):
                 acc[j] = (acc[j] * g[j]) / rdiv
+        if have_c:
+            for j in range(Nn):
+                out[j] = acc[j] + c[j]
+        else:
+            for j in range(Nn):
+                out[j] = acc[j]
 
 
-def _fill_max(F, r, C, t, have_c, want_max, one):  # pragma: no cover - compiled by numba
-    """F = r_t + c_t (or r_t) and, with ``want_max``, max|F| (-1 if F holds a NaN, as the max
-    of torch is then NaN and no scaling happens). The max runs in 8 independent lanes (max is
-    exact in any order), so it vectorizes; a non-finite F is rechecked element by element."""
-    M = F.shape[0]
-    zero = one - one
+def _fill(F, r, C, have_c):  # pragma: no cover - compiled by numba
+    """F = r + C (or r; r: the row r_t)."""
     if have_c:
-        for i in range(M):
-            F[i] = r[t, i] + C[i]
+        for i in range(F.shape[0]):
+            F[i] = r[i] + C[i]
     else:
-        for i in range(M):
-            F[i] = r[t, i]
-    if not want_max:
-        return zero
-    M8 = M - M % 8
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = zero
-    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = zero  # sums of a - a: 0 if finite, NaN for inf/NaN
-    for i in range(0, M8, 8):
-        a0, a1, a2, a3 = abs(F[i]), abs(F[i + 1]), abs(F[i + 2]), abs(F[i + 3])
-        a4, a5, a6, a7 = abs(F[i + 4]), abs(F[i + 5]), abs(F[i + 6]), abs(F[i + 7])
-        m0 = a0 if a0 > m0 else m0
-        m1 = a1 if a1 > m1 else m1
-        m2 = a2 if a2 > m2 else m2
-        m3 = a3 if a3 > m3 else m3
-        m4 = a4 if a4 > m4 else m4
-        m5 = a5 if a5 > m5 else m5
-        m6 = a6 if a6 > m6 else m6
-        m7 = a7 if a7 > m7 else m7
-        b0 += a0 - a0
-        b1 += a1 - a1
-        b2 += a2 - a2
-        b3 += a3 - a3
-        b4 += a4 - a4
-        b5 += a5 - a5
-        b6 += a6 - a6
-        b7 += a7 - a7
-    bad = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
-    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-    for i in range(M8, M):
-        a = abs(F[i])
+        for i in range(F.shape[0]):
+            F[i] = r[i]
+
+
+def _maxabs(F, Fi, box, boxi, one):  # pragma: no cover - compiled by numba
+    """max|F|, or -1 if F holds a NaN (torch's max is then NaN and no scaling happens). ``Fi``
+    is F's memory as integers of its width (``box``/``boxi``: one float and its integer view):
+    for floats >= 0 the order of the bit patterns is the order of the numbers, so the max is an
+    integer max over the patterns without the sign bit (exact, and it vectorizes where a float
+    max with NaN checks does not); a pattern above inf's is a NaN."""
+    zero = one - one
+    box[0] = -zero
+    mask = ~boxi[0]  # every bit but the sign bit
+    box[0] = one / zero
+    inf = boxi[0]
+    m = boxi[0] & 0
+    for i in range(Fi.shape[0]):
+        a = Fi[i] & mask
         m = a if a > m else m
-        bad += a - a
-    if bad == zero:
-        return m
-    m = zero  # some inf or NaN: the exact scan (torch: a NaN makes the max NaN)
-    for i in range(M):
-        a = abs(F[i])
-        if a != a:
-            return -one
-        m = a if a > m else m
-    return m
+    if m > inf:
+        return -one
+    boxi[0] = m
+    return box[0]
 
 
 def _epsilon_step(F, C, v, s, beta, th, n1, sums1, t, m, scale, zu_here, subtract, zero_mask,
@@ -387,7 +385,8 @@ if HAVE_NUMBA:
     _JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     _epsilon_step = numba.njit(**_JIT)(_epsilon_step)
     _lowrank_row = numba.njit(**_JIT)(_lowrank_row)
-    _fill_max = numba.njit(**_JIT)(_fill_max)
+    _fill = numba.njit(**_JIT)(_fill)
+    _maxabs = numba.njit(**_JIT)(_maxabs)
     _lif_step = numba.njit(**_JIT)(_lif_step)
     _lif_compiled = numba.njit(**_JIT)(_lif_kernel)
     _compiled = numba.njit(**_JIT)(_kernel)
@@ -502,9 +501,16 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
         RULE_CODES[rule.name], NORM_CODES[normalize], reset == "subtract", bool(spiking),
         bool(direction), bool(keep), bool(details), reset == "zero" and rule.name != "lfprop", B,
         np_dt(rule.epsilon), np_dt(rule.alpha), np_dt(rule.beta), np_dt(NORM_FLOOR), np_dt(1.0),
-        *lr,
+        *lr, *_scratch(v_np.shape[1], np_dt),
     )
     return out
+
+
+def _scratch(M: int, np_dt):
+    """The kernel's F row ``[M]`` and a one-element box, each with its integer view."""
+    it = np.int64 if np_dt == np.float64 else np.int32
+    F, box = np.empty(M, np_dt), np.empty(1, np_dt)
+    return F, F.view(it), box, box.view(it)
 
 
 def _lowrank_arrays(lowrank, dt, np_dt):
