@@ -161,6 +161,24 @@ def test_kernel_maxabs_on_bit_patterns(dtype):
         got = fused._maxabs(F, Fi, box, boxi, dtype(1.0))
         assert float(got) == float(dtype(want)), (values[:3], got)
 
+@pytest.mark.parametrize("fused_on", [True, False])
+def test_abs_mul_is_the_product_with_abs_weights(fused_on, path_switch):
+    """G = |W| * C in place: bit for bit |W| * C on both paths; a transposed (non-contiguous)
+    or float64/float32-mixed pair takes torch's path with the same numbers."""
+    g = torch.Generator().manual_seed(4)
+    for dtype in (torch.float32, torch.float64):
+        W = torch.randn(30, 17, generator=g, dtype=dtype)
+        C = torch.randn(30, 17, generator=g, dtype=dtype)
+        want = W.abs() * C
+        with path_switch(fused_on):
+            out = C.clone()
+            assert fused.abs_mul_(out, W) is out and torch.equal(out, want)
+            t = C.t().contiguous().t()  # same values, transposed strides
+            assert torch.equal(fused.abs_mul_(t, W), want)
+    mixed = fused.abs_mul_(torch.ones(3), torch.tensor([-2.0, 0.5, -0.0], dtype=torch.float64))
+    assert mixed.dtype == torch.float32 and mixed.tolist() == [2.0, 0.5, 0.0]
+
+
 @needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])

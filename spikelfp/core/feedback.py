@@ -231,7 +231,6 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         totals = [buf.sum(0) for buf in bufs] if const else bufs
     else:
         totals = sums
-    absW = W.abs()
     if ab:
         sp, sn = totals
         pos_w = ops.correlate(sp, xp, W.shape)  # terms W>0, x>0 are positive
@@ -239,7 +238,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         if signed:
             pos_w = pos_w + ops.correlate(sn, xn, W.shape)
             neg_w = neg_w + ops.correlate(sp, xn, W.shape)
-        G_W = absW.mul_(torch.where(W > 0, pos_w, neg_w)).mul_(scale)
+        G_W = W.abs().mul_(torch.where(W > 0, pos_w, neg_w)).mul_(scale)
         G_b = None
         if b is not None:
             G_b = b.abs() * torch.where(b > 0, ops.bias_sum(sp), ops.bias_sum(sn)) * scale
@@ -249,7 +248,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         n_sum = totals[0]
         if const:  # scale the [B, *out] sum rather than the weight-sized G
             n_sum, scale = n_sum * scale, 1.0
-        G_W = absW.mul_(correlate_any(ops, n_sum, x, W.shape, dt))
+        G_W = fused.abs_mul_(correlate_any(ops, n_sum, x, W.shape, dt), W)
         if scale != 1.0:
             G_W.mul_(scale)
         G_b = b.abs() * ops.bias_sum(n_sum) * scale if b is not None else None
@@ -710,10 +709,9 @@ def cuba_layer_feedback(  # noqa: C901  (one reverse scan, as synaptic_layer_fee
 
 def _cuba_grads(W, b, V, bV, ops, x, Msrc, M, s, ab, need_below):
     """G of W, b, V, b_V (unscaled) and the feedback below, from m (spec section 3)."""
-    absW = W.abs()
     if not ab:
         m = M[0]
-        G_W = absW.mul_(ops.correlate(Msrc[0], x, W.shape))
+        G_W = fused.abs_mul_(ops.correlate(Msrc[0], x, W.shape), W)
         G_b = b.abs() * ops.bias_sum(m) if b is not None else None
         below = ops.transpose(m, W, x.shape).mul_(x) if need_below else None
         G_V = G_bV = None
@@ -727,7 +725,7 @@ def _cuba_grads(W, b, V, bV, ops, x, Msrc, M, s, ab, need_below):
     Wp, Wn = W.clamp(min=0), W.clamp(max=0)
     pos_w = ops.correlate(sp, xp, W.shape) + ops.correlate(sn, xn, W.shape)
     neg_w = ops.correlate(sn, xp, W.shape) + ops.correlate(sp, xn, W.shape)
-    G_W = absW.mul_(torch.where(W > 0, pos_w, neg_w))
+    G_W = W.abs().mul_(torch.where(W > 0, pos_w, neg_w))
     G_b = b.abs() * torch.where(b > 0, ops.bias_sum(mp), ops.bias_sum(mn)) if b is not None else None
     below = None
     if need_below:

@@ -84,6 +84,24 @@ def usable(membrane: Tensor, max_reduce=None) -> bool:
     return membrane.device.type == "cuda" and _triton() is not None
 
 
+def abs_mul_(out: Tensor, w: Tensor) -> Tensor:
+    """``out *= |w|`` in place (G = |W| * correlation, spec section 4): one pass where numba
+    runs, on CPU tensors of one float dtype and shape (torch first makes |w|, a weight-sized
+    temporary); the same numbers (one product of two numbers per element)."""
+    if (_ENABLED and HAVE_NUMBA and out.device.type == "cpu" == w.device.type
+            and out.dtype == w.dtype and out.dtype in (torch.float32, torch.float64)
+            and out.shape == w.shape and out.is_contiguous() and w.is_contiguous()
+            and not (out.requires_grad or w.requires_grad)):
+        _abs_mul(out.reshape(-1).numpy(), w.reshape(-1).numpy())
+        return out
+    return out.mul_(w.abs())
+
+
+def _abs_mul(out, w):  # pragma: no cover - compiled by numba
+    for i in range(out.shape[0]):
+        out[i] = abs(w[i]) * out[i]
+
+
 def _triton():
     """The Triton module when triton imports (imported on first use: CUDA only), else None."""
     global _TRITON
@@ -385,6 +403,7 @@ if HAVE_NUMBA:
     _JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     _epsilon_step = numba.njit(**_JIT)(_epsilon_step)
     _lowrank_row = numba.njit(**_JIT)(_lowrank_row)
+    _abs_mul = numba.njit(**_JIT)(_abs_mul)
     _fill = numba.njit(**_JIT)(_fill)
     _maxabs = numba.njit(**_JIT)(_maxabs)
     _lif_step = numba.njit(**_JIT)(_lif_step)
