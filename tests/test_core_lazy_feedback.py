@@ -176,7 +176,7 @@ def test_statistics_count_lazy_feedback_like_the_tensor():
 
 @pytest.mark.parametrize("normalize", ["step", "layer"])
 def test_float32_kernel_made_feedback_agrees_with_the_matrix_product(normalize, path):
-    """float32, the CPU kernel making x_t (n_t W) itself (summed over k in order) against the
+    """float32, the CPU kernel making x_t (n_t W) itself (four rows of W at a time) against the
     whole tensor from torch's matrix product: the same G up to float32 rounding."""
     if not fused.HAVE_NUMBA:
         pytest.skip("numba is not installed")

@@ -135,7 +135,7 @@ def _kernel(  # noqa: C901  (the whole scan in one compiled function)
         if norm != 2:
             if not lowrank:
                 _fill(F, r[tr], C, have_c)
-            m = _maxabs(F, Fi, box, boxi, one) if norm == 1 else zero
+            m = _maxabs(Fi, box, boxi, one) if norm == 1 else zero
             m = m if m > floor else one  # also the NaN marker -1
             for b in range(B):
                 mx[b] = m
@@ -275,7 +275,7 @@ def _fill(F, r, C, have_c):  # pragma: no cover - compiled by numba
             F[i] = r[i]
 
 
-def _maxabs(F, Fi, box, boxi, one):  # pragma: no cover - compiled by numba
+def _maxabs(Fi, box, boxi, one):  # pragma: no cover - compiled by numba
     """max|F|, or -1 if F holds a NaN (torch's max is then NaN and no scaling happens). ``Fi``
     is F's memory as integers of its width (``box``/``boxi``: one float and its integer view):
     for floats >= 0 the order of the bit patterns is the order of the numbers, so the max is an
