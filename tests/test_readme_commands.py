@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -248,6 +249,7 @@ class Runner:
         self.done: Dict[str, Result] = {}
         self.started: Dict[str, tuple] = {}
         self.port = _free_port()  # one per runner: a command prepared twice is the same launch
+        self.mark = f"{os.getpid()}-{id(self)}"  # in the environment of what it launches
         (root / "out").mkdir()
         self.resolvers = {"run": lambda: self.quick_start().run_dir, "subtract": lambda: self.subtract_run().run_dir,
                           "resume": self.resume_copy, "cuba": lambda: self.readme(FROM_COMMENT_KEY).run_dir,
@@ -354,10 +356,12 @@ class Runner:
         key = shlex.join(argv)
         if key not in self.started:
             log = self.root / "out" / f"subprocess-{len(self.started)}"
-            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+            # a mark in the environment, which torchrun's workers inherit: they run in sessions of
+            # their own, so close() finds them by it (killing only the launcher, or its process
+            # group, left its two ranks waiting forever when the launch was cut short)
+            env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                       SPIKELFP_README_LAUNCH=self.mark)
             with open(f"{log}.out", "w") as so, open(f"{log}.err", "w") as se:
-                # its own process group: close() stops torchrun's workers with it (killing only
-                # the launcher left its two ranks waiting forever when the test was deselected)
                 proc = subprocess.Popen(argv, cwd=self.work, env=env, stdout=so, stderr=se, text=True,
                                         start_new_session=True)
             self.started[key] = (proc, log)
@@ -370,11 +374,16 @@ class Runner:
 
     def close(self) -> None:
         for proc, _ in self.started.values():
-            try:  # the launcher and its workers (the group is still there if a worker outlives it)
+            try:  # the launcher and its process group
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             proc.wait()
+        for pid in marked_processes(self.mark):  # workers that outlived it (own sessions)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def _in_process(self, argv):
         so, se = io.StringIO(), io.StringIO()
@@ -391,6 +400,19 @@ class Runner:
                 torch.set_num_threads(saved[2])
         return rc, so.getvalue(), se.getvalue()
 
+
+
+def marked_processes(mark: str) -> List[int]:
+    """Pids of this user's processes whose environment holds SPIKELFP_README_LAUNCH=mark."""
+    want = f"SPIKELFP_README_LAUNCH={mark}".encode()
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if want in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:  # gone, or not ours
+            continue
+    return pids
 
 
 def _free_port() -> int:
@@ -585,6 +607,27 @@ def _export_nir(runner: Runner, run_dir: Path, name: str, capsys):
     rc = main(["export", "--checkpoint", str(run_dir / "last.pt"), "--format", "nir", "--out", str(out),
                "--verify"])
     return rc, capsys.readouterr(), out
+
+
+def test_runner_close_stops_workers_in_sessions_of_their_own(tmp_path):
+    """torchrun starts its workers in sessions of their own: closing the runner must stop them
+    too, not only the launcher's process group (a launch cut short used to leave its ranks
+    waiting forever). Here the launcher starts one such worker and then waits."""
+    r = Runner(tmp_path)
+    child = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+             "'import time; time.sleep(300)'], start_new_session=True); time.sleep(300)")
+    r._launch([sys.executable, "-c", child])
+    for _ in range(100):  # until both are up
+        if len(marked_processes(r.mark)) == 2:
+            break
+        time.sleep(0.05)
+    assert len(marked_processes(r.mark)) == 2
+    r.close()
+    for _ in range(100):  # a killed process leaves /proc once reaped (init reaps the orphan)
+        if not marked_processes(r.mark):
+            break
+        time.sleep(0.05)
+    assert marked_processes(r.mark) == []
 
 
 def test_nir_export_refuses_reset_subtract(runner: Runner, capsys):
