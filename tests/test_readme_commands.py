@@ -341,11 +341,12 @@ class Runner:
             res.run_dir, res.expect_epochs = train_folder(argv)
         return res
 
-    def start_subprocesses(self) -> None:
-        """Start the torchrun launch now, in the background: it spends most of its ~20 s starting
-        processes, which overlaps with the in-process commands; its test waits for it."""
+    def start_subprocesses(self, selected) -> None:
+        """Start the torchrun launch now, in the background, if its test is among ``selected``
+        (README command keys): it spends most of its ~20 s starting processes, which overlaps
+        with the in-process commands; its test waits for it."""
         for c in COMMANDS:
-            if c.key.startswith("torchrun ") and c.key not in NOT_RUN:
+            if c.key.startswith("torchrun ") and c.key not in NOT_RUN and c.key in selected:
                 try:
                     argv = self.prepare(c.key, f"L{c.lines[0]}")
                 except pytest.skip.Exception:
@@ -522,9 +523,11 @@ def _one_thread(single_thread_module):
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory):
+def runner(tmp_path_factory, request):
     r = Runner(tmp_path_factory.mktemp("readme"))
-    r.start_subprocesses()
+    selected = {item.callspec.params["cmd"].key for item in request.session.items
+                if "cmd" in getattr(getattr(item, "callspec", None), "params", {})}
+    r.start_subprocesses(selected)
     yield r
     r.close()
 
