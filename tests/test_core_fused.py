@@ -161,6 +161,7 @@ def test_kernel_maxabs_on_bit_patterns(dtype):
         got = fused._maxabs(Fi, box, boxi, dtype(1.0))
         assert float(got) == float(dtype(want)), (values[:3], got)
 
+
 @pytest.mark.parametrize("fused_on", [True, False])
 def test_abs_mul_is_the_product_with_abs_weights(fused_on, path_switch):
     """G = |W| * C in place: bit for bit |W| * C on both paths; a transposed (non-contiguous)
