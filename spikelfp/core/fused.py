@@ -495,7 +495,9 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     if lowrank is None:
         r_np, lr = _flat(r.to(dt)), (empty, empty, np.empty((0, 0), np.uint8), np_dt(1.0))
     else:
-        r_np, lr = np.empty((1, v_np.shape[1]), np_dt), _lowrank_arrays(lowrank, dt, np_dt)
+        # the kernel writes r_t into F itself; a row for r only where per-sample maxima read it
+        rows = v_np.shape[1] if normalize == "sample" else 0
+        r_np, lr = np.empty((1, rows), np_dt), _lowrank_arrays(lowrank, dt, np_dt)
     # spikes as uint8 0/1 (one compiled variant per float dtype, not per spike dtype); they are
     # read only for a spiking layer (ReLU mode: activations, never read)
     if not spiking:
