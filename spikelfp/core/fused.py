@@ -228,41 +228,36 @@ def _lowrank_row(R, ln, lW, lg, t, B, rdiv, one, C, have_c, acc):  # pragma: no 
     """R = ((n_t W) * g_t) / rdiv (+ C with ``have_c``): the feedback a linear layer above sends
     at step t (spec section 3, r^below_t = x_t (n_t W)) from its n_t ``ln`` [T, B K], weights
     ``lW`` [K, N] and input ``lg`` [T, B N], made per step into ``R`` [B N] instead of read from a
-    [T, B N] tensor (``rdiv``: the "layer" scope's max, or 1); ``acc``: an [N] scratch row. The
-    products are summed four k at a time, ((a0 w0 + a1 w1) + (a2 w2 + a3 w3)), then one by one."""
+    [T, B N] tensor (``rdiv``: the "layer" scope's max, or 1); ``acc``: an [N] scratch row. K is
+    a multiple of ten (:func:`_lowrank_arrays` pads W and n with zero rows): the products are
+    summed ten rows of W at a time (:func:`_ten_rows`), the groups one after another."""
     K, Nn = lW.shape
-    zero = one - one
     for b in range(B):
         o = b * Nn
-        k0 = b * K
-        for j in range(Nn):
-            acc[j] = zero
-        K4 = K - K % 4
-        for k in range(0, K4, 4):  # four rows of W per pass over acc (kept in L1)
-            a0, a1, a2, a3 = ln[t, k0 + k], ln[t, k0 + k + 1], ln[t, k0 + k + 2], ln[t, k0 + k + 3]
-            w0, w1, w2, w3 = lW[k], lW[k + 1], lW[k + 2], lW[k + 3]
-            for j in range(Nn):
-                acc[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])
-        for k in range(K4, K):
-            a0 = ln[t, k0 + k]
-            w0 = lW[k]
-            for j in range(Nn):
-                acc[j] += a0 * w0[j]
+        for k in range(0, K, 10):
+            _ten_rows(acc, ln[t], b * K + k, lW, k, k == 0)
         g = lg[t, o:o + Nn]
         out = R[o:o + Nn]
         c = C[o:o + Nn]
-        if rdiv == one:  # x / 1 == x: the division only where a "layer" max divides
-            for j in range(Nn):
-                acc[j] = acc[j] * g[j]
-        else:
-            for j in range(Nn):
-                acc[j] = (acc[j] * g[j]) / rdiv
-        if have_c:
-            for j in range(Nn):
-                out[j] = acc[j] + c[j]
-        else:
-            for j in range(Nn):
-                out[j] = acc[j]
+        div = rdiv != one  # x / 1 == x: the division only where a "layer" max divides
+        for j in range(Nn):
+            x = acc[j] * g[j]
+            if div:
+                x = x / rdiv
+            out[j] = x + c[j] if have_c else x
+
+
+def _ten_rows(acc, n, i, W, k, first):  # pragma: no cover - compiled by numba
+    """acc (+)= sum_{q<10} n[i+q] W[k+q] over a row: ten weights per lane held in registers (one
+    pass, no partial sums stored), summed as a tree; multiply-add fused where the CPU has it."""
+    a0, a1, a2, a3, a4 = n[i], n[i + 1], n[i + 2], n[i + 3], n[i + 4]
+    a5, a6, a7, a8, a9 = n[i + 5], n[i + 6], n[i + 7], n[i + 8], n[i + 9]
+    w0, w1, w2, w3, w4 = W[k], W[k + 1], W[k + 2], W[k + 3], W[k + 4]
+    w5, w6, w7, w8, w9 = W[k + 5], W[k + 6], W[k + 7], W[k + 8], W[k + 9]
+    for j in range(acc.shape[0]):
+        s = (((a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j]))
+             + ((a4 * w4[j] + a5 * w5[j]) + (a6 * w6[j] + a7 * w7[j]))) + (a8 * w8[j] + a9 * w9[j])
+        acc[j] = s if first else acc[j] + s
 
 
 def _fill(F, r, C, have_c):  # pragma: no cover - compiled by numba
@@ -403,6 +398,7 @@ if HAVE_NUMBA:
     _JIT = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     _epsilon_step = numba.njit(**_JIT)(_epsilon_step)
     _lowrank_row = numba.njit(**_JIT)(_lowrank_row)
+    _ten_rows = numba.njit(fastmath={"contract"}, **_JIT)(_ten_rows)
     _abs_mul = numba.njit(**_JIT)(_abs_mul)
     _fill = numba.njit(**_JIT)(_fill)
     _maxabs = numba.njit(**_JIT)(_maxabs)
@@ -535,11 +531,16 @@ def _scratch(M: int, np_dt):
 
 
 def _lowrank_arrays(lowrank, dt, np_dt):
-    """``(n, W, x, m)`` of :func:`reverse_scan` as the kernel's ``[T, B K]``, ``[K, N]``, uint8
-    ``[T, B N]`` arrays and the divisor."""
+    """``(n, W, x, m)`` of :func:`reverse_scan` as the kernel's ``[T, B K']``, ``[K', N]``, uint8
+    ``[T, B N]`` arrays and the divisor; K' is K rounded up to a multiple of ten, the added rows
+    of n and W zero (they add +0 to every sum: :func:`_lowrank_row` sums ten rows at a time)."""
     n, W, x, m = lowrank
     T = n.shape[0]
     x = x.view(torch.uint8) if x.dtype == torch.bool else x
-    return (n.detach().to(dt).contiguous().reshape(T, -1).numpy(),
-            W.detach().to(dt).contiguous().numpy(), x.contiguous().reshape(T, -1).numpy(),
-            np_dt(1.0) if m is None else np_dt(float(m)))
+    pad = -W.shape[0] % 10
+    n, W = n.detach().to(dt), W.detach().to(dt)
+    if pad:
+        n = torch.nn.functional.pad(n, (0, pad))
+        W = torch.nn.functional.pad(W, (0, 0, 0, pad))
+    return (n.contiguous().reshape(T, -1).numpy(), W.contiguous().numpy(),
+            x.contiguous().reshape(T, -1).numpy(), np_dt(1.0) if m is None else np_dt(float(m)))
