@@ -181,6 +181,53 @@ def test_abs_mul_is_the_product_with_abs_weights(fused_on, path_switch):
 
 
 @needs_numba
+@pytest.mark.parametrize("J", [1, 3, 10, 13, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_narrow_linear_against_float64_products(J, dtype, path_switch):
+    """x W^T + b for few outputs (ten rows of W per pass, zero rows padding J to a multiple of
+    ten): equal to the float64 product to the dtype's rounding, with or without bias, for
+    [T, B, K] and [B, K] input; uint8 and bool spikes give the float spikes' result bit for bit."""
+    g = torch.Generator().manual_seed(J)
+    K = 203  # not a multiple of the vector width
+    W = torch.randn(J, K, generator=g, dtype=dtype)
+    b = torch.randn(J, generator=g, dtype=dtype)
+    s = torch.rand(4, 3, K, generator=g) > 0.6
+    x = torch.randn(5, K, generator=g, dtype=dtype)
+    rel = 1e-13 if dtype == torch.float64 else 2e-6
+    with path_switch(True), torch.no_grad():
+        for bias in (b, None):
+            want = torch.nn.functional.linear(s.double(), W.double(), None if bias is None else bias.double())
+            got = fused.narrow_linear(s.to(dtype), W, bias)
+            assert got.dtype == dtype and got.shape == (4, 3, J)
+            _close(got.double(), want, rel, f"J={J} spikes")
+            assert torch.equal(fused.narrow_linear(s, W, bias), got)
+            assert torch.equal(fused.narrow_linear(s.to(torch.uint8), W, bias), got)
+            want = torch.nn.functional.linear(x.double(), W.double(), None if bias is None else bias.double())
+            _close(fused.narrow_linear(x, W, bias).double(), want, rel, f"J={J} float")
+
+
+def test_narrow_usable_only_without_gradients_and_for_few_outputs(path_switch):
+    """The forward-only kernel never takes a product that autograd must see, a layer wider than
+    NARROW_MAX, mixed dtypes, a non-float weight or a switched-off path."""
+    W = torch.randn(10, 6)
+    x = torch.rand(4, 6)
+    with path_switch(True):
+        with torch.no_grad():
+            assert fused.narrow_usable(x, W, None) == fused.HAVE_NUMBA
+            assert fused.narrow_usable(x > 0.5, W, torch.zeros(10)) == fused.HAVE_NUMBA
+            assert not fused.narrow_usable(x, torch.randn(fused.NARROW_MAX + 1, 6), None)
+            assert not fused.narrow_usable(x.double(), W, None)
+            assert not fused.narrow_usable(x, W, torch.zeros(10, dtype=torch.float64))
+            assert not fused.narrow_usable(x, W.to(torch.bfloat16), None)
+            assert not fused.narrow_usable(x[:, :5], W, None)
+        assert fused.narrow_usable(x, W, None) == fused.HAVE_NUMBA  # grad mode, nothing needs one
+        assert not fused.narrow_usable(x, W.requires_grad_(), None)
+        assert not fused.narrow_usable(x.requires_grad_(), W.detach(), None)
+    with path_switch(False), torch.no_grad():
+        assert not fused.narrow_usable(x.detach(), W.detach(), None)
+
+
+@needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_fused_lif_forward_is_bit_identical(dtype, reset, path_switch):

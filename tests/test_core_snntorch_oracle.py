@@ -73,7 +73,9 @@ def _assert_match(ours_s, ours_v, ref_s, ref_v):
     assert ours_s.shape == ref_s.shape
     assert torch.equal(ours_s, ref_s.to(ours_s.dtype)), \
         f"{(ours_s != ref_s).sum().item()} spikes differ from snnTorch"
-    assert (ours_v - ref_v).abs().max().item() <= 1e-6
+    # float32 rounding at the membranes' scale: a narrow layer's compiled current (no grad) sums
+    # its products in another order than torch's nn.Linear
+    assert (ours_v - ref_v).abs().max().item() <= 1e-6 * max(1.0, ref_v.abs().max().item())
 
 
 @pytest.mark.parametrize("reset", RESETS)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as Fn
 
+from ..core import fused
 from ..core.cuba import CubaParameters, check_alpha, cuba_scan, cuba_step
 from ..core.lif import RESETS, LIFParameters, LIFState, check_lif_parameters, lif_scan, lif_step
 from ..core.synapse import Conv2dOps, LinearOps
@@ -113,8 +114,12 @@ class _Synaptic(nn.Module):
 
     def current(self, x: Tensor) -> Tensor:
         """Synaptic current I = W x + b for a batch of frames (any leading dims); a non-float
-        input (compact uint8 spikes) is converted to the weight's dtype."""
+        input (compact uint8 spikes) is converted to the weight's dtype. A dense layer with few
+        outputs takes the compiled kernel where it can (:func:`spikelfp.core.fused.narrow_linear`:
+        no gradient, CPU; compact input read as it is)."""
         self._check_input(x)
+        if isinstance(self.ops, LinearOps) and fused.narrow_usable(x, self.weight, self.bias):
+            return fused.narrow_linear(x, self.weight, self.bias)
         if x.is_floating_point():
             return self.ops.forward(x, self.weight, self.bias)
         dtype = self.weight.dtype
