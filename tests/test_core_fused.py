@@ -206,6 +206,29 @@ def test_narrow_linear_against_float64_products(J, dtype, path_switch):
             _close(fused.narrow_linear(x, W, bias).double(), want, rel, f"J={J} float")
 
 
+@needs_numba
+@pytest.mark.parametrize("J", [1, 3, 10, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_narrow_correlate_against_float64_products(J, dtype, path_switch):
+    """sum over rows of n^T x (eight rows of x per pass, the last block padded with zero rows;
+    columns in blocks of CORR_BLOCK): the float64 product to the dtype's rounding, for rows not a
+    multiple of eight and columns over two blocks; uint8, bool and float x bit-identical."""
+    g = torch.Generator().manual_seed(J)
+    K = 2 * fused.CORR_BLOCK + 37
+    n = torch.randn(3, 7, J, generator=g, dtype=dtype)  # 21 rows
+    s = torch.rand(3, 7, K, generator=g) > 0.6
+    want = n.double().reshape(-1, J).t() @ s.double().reshape(-1, K)
+    with path_switch(True), torch.no_grad():
+        got = fused.narrow_correlate(n, s.to(dtype))
+        assert got.dtype == dtype and got.shape == (J, K)
+        _close(got.double(), want, 1e-13 if dtype == torch.float64 else 2e-6, f"J={J}")
+        assert torch.equal(fused.narrow_correlate(n, s), got)
+        assert torch.equal(fused.narrow_correlate(n, s.to(torch.uint8)), got)
+        x = torch.randn(21, K, generator=g, dtype=dtype)
+        _close(fused.narrow_correlate(n.reshape(21, J), x).double(),
+               n.double().reshape(21, J).t() @ x.double(), 1e-13 if dtype == torch.float64 else 2e-6, "float x")
+
+
 def test_narrow_usable_only_without_gradients_and_for_few_outputs(path_switch):
     """The forward-only kernel never takes a product that autograd must see, a layer wider than
     NARROW_MAX, mixed dtypes, a non-float weight or a switched-off path."""
@@ -223,8 +246,16 @@ def test_narrow_usable_only_without_gradients_and_for_few_outputs(path_switch):
         assert fused.narrow_usable(x, W, None) == fused.HAVE_NUMBA  # grad mode, nothing needs one
         assert not fused.narrow_usable(x, W.requires_grad_(), None)
         assert not fused.narrow_usable(x.requires_grad_(), W.detach(), None)
+        n = torch.randn(4, 10)
+        with torch.no_grad():
+            assert fused.narrow_correlate_usable(n, x.detach() > 0.5) == fused.HAVE_NUMBA
+            assert not fused.narrow_correlate_usable(torch.randn(4, fused.NARROW_MAX + 1), x)
+            assert not fused.narrow_correlate_usable(n[:3], x)  # rows differ
+            assert not fused.narrow_correlate_usable(n.double(), x)
+        assert not fused.narrow_correlate_usable(n.requires_grad_(), x.detach())
     with path_switch(False), torch.no_grad():
         assert not fused.narrow_usable(x.detach(), W.detach(), None)
+        assert not fused.narrow_correlate_usable(torch.randn(4, 10), x.detach())
 
 
 @needs_numba

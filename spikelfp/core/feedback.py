@@ -107,7 +107,11 @@ def step_slices(x: Tensor, limit: int):
 def correlate_any(ops, n: Tensor, x: Tensor, W_shape, dtype) -> Tensor:
     """``ops.correlate(n, x, W_shape)`` (sum over rows of n^T x, weight-shaped) for a float or a
     compact (uint8/bool) input ``x``: such a sequence is converted slice by slice over T and the
-    slices' correlations summed (equal to the one correlation up to float rounding)."""
+    slices' correlations summed (equal to the one correlation up to float rounding). A dense
+    layer with few outputs takes the compiled kernel where it can
+    (:func:`spikelfp.core.fused.narrow_correlate`: CPU, no gradient; x read as it is)."""
+    if isinstance(ops, LinearOps) and fused.narrow_correlate_usable(n, x):
+        return fused.narrow_correlate(n, x)
     if x.is_floating_point():
         return ops.correlate(n, x, W_shape)
     if x.numel() <= CORRELATE_WHOLE or n.dim() != x.dim():

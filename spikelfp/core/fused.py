@@ -105,19 +105,91 @@ def _abs_mul(out, w):  # pragma: no cover - compiled by numba
 NARROW_MAX = 20  # out features up to which :func:`narrow_linear` runs (README "CPU": measured)
 
 
+def _narrow_ok(x: Tensor, dtype, tensors) -> bool:
+    """The common conditions of the narrow kernels: switched on with numba, CPU tensors, a
+    float32/float64 ``dtype``, ``x`` of that dtype or compact (uint8/bool), and nothing that
+    needs a gradient (the kernels are forward only)."""
+    return (_ENABLED and HAVE_NUMBA and dtype in (torch.float32, torch.float64)
+            and (x.dtype == dtype or x.dtype in (torch.uint8, torch.bool))
+            and all(t.device.type == "cpu" for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
 def narrow_usable(x: Tensor, W: Tensor, b: Optional[Tensor]) -> bool:
-    """Whether :func:`narrow_linear` takes ``x @ W.T + b``: switched on with numba, CPU tensors,
-    a 2-D float32/float64 ``W`` with at most ``NARROW_MAX`` rows, input float of W's dtype or
-    compact (uint8/bool), and nothing that needs a gradient (the kernel is forward only)."""
-    if not (_ENABLED and HAVE_NUMBA and W.dim() == 2 and W.shape[0] <= NARROW_MAX
-            and W.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" == W.device.type
-            and x.dim() >= 1 and x.shape[-1] == W.shape[1]
-            and (x.dtype == W.dtype or x.dtype in (torch.uint8, torch.bool))):
+    """Whether :func:`narrow_linear` takes ``x @ W.T + b``: a 2-D ``W`` with at most
+    ``NARROW_MAX`` rows, a bias of W's dtype and length, and :func:`_narrow_ok`."""
+    if not (W.dim() == 2 and W.shape[0] <= NARROW_MAX and x.dim() >= 1 and x.shape[-1] == W.shape[1]):
         return False
-    if b is not None and (b.dtype != W.dtype or b.shape != W.shape[:1] or b.device.type != "cpu"):
+    if b is not None and (b.dtype != W.dtype or b.shape != W.shape[:1]):
         return False
-    return not (torch.is_grad_enabled()
-                and any(t is not None and t.requires_grad for t in (x, W, b)))
+    return _narrow_ok(x, W.dtype, (x, W) if b is None else (x, W, b))
+
+
+def narrow_correlate_usable(n: Tensor, x: Tensor) -> bool:
+    """Whether :func:`narrow_correlate` takes sum over rows of n^T x: ``n`` ``[..., J]`` with J
+    <= ``NARROW_MAX`` and ``x`` ``[..., K]`` with the same leading shape, and :func:`_narrow_ok`."""
+    return (n.dim() == x.dim() >= 1 and n.shape[:-1] == x.shape[:-1] and n.shape[-1] <= NARROW_MAX
+            and _narrow_ok(x, n.dtype, (n, x)))
+
+
+def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
+    """sum over rows of ``n^T x`` (``[J, K]``, n's dtype) for few columns of n (J <=
+    ``NARROW_MAX``): the weight-shaped correlation of a narrow layer (spec section 4). The rows
+    of x are taken eight at a time, converted into float rows (a compact x is never copied
+    whole), and each of the J rows of the result gets the eight rows' products in one pass
+    (:func:`_eight_rows`); the sums are in the kernel's order (equal to torch's to float
+    rounding). See :func:`narrow_correlate_usable`."""
+    J, K = n.shape[-1], x.shape[-1]
+    rows = x.detach().reshape(-1, K)
+    rows = (rows.view(torch.uint8) if rows.dtype == torch.bool else rows).contiguous()
+    np_dt = np.float64 if n.dtype == torch.float64 else np.float32
+    G = torch.empty((J, K), dtype=n.dtype)
+    _narrow_corr(n.detach().reshape(-1, J).contiguous().numpy(), rows.numpy(), G.numpy(),
+                 np.empty((8, min(K, CORR_BLOCK)), np_dt), np_dt(1.0))
+    return G
+
+
+CORR_BLOCK = 512  # columns of x per block of :func:`_narrow_corr` (measured: 512-1000 best)
+
+
+def _narrow_corr(n, x, G, buf, one):  # pragma: no cover - compiled by numba
+    """G = n^T x (``n`` [R, J], ``x`` [R, K] uint8 or float): per block of columns, per eight
+    rows of x converted into ``buf`` (zero rows past R), all J rows of G updated."""
+    R, K = x.shape
+    zero = one - one
+    G[:] = zero
+    KC = buf.shape[1]
+    for k0 in range(0, K, KC):
+        w = min(K, k0 + KC) - k0
+        for r0 in range(0, R, 8):
+            rb = min(8, R - r0)
+            for q in range(8):
+                bq = buf[q]
+                if q < rb:
+                    xr = x[r0 + q, k0:k0 + w]
+                    for k in range(w):
+                        bq[k] = xr[k]
+                else:
+                    for k in range(w):
+                        bq[k] = zero
+            for j in range(n.shape[1]):
+                _eight_rows(G[j, k0:k0 + w], n, r0, rb, j, buf, zero)
+
+
+def _eight_rows(g, n, r0, rb, j, buf, zero):  # pragma: no cover - compiled by numba
+    """g += sum_{q<8} n[r0+q, j] buf[q] over the row g (rows q >= rb weigh zero), as a tree."""
+    a0 = n[r0, j]
+    a1 = n[r0 + 1, j] if rb > 1 else zero
+    a2 = n[r0 + 2, j] if rb > 2 else zero
+    a3 = n[r0 + 3, j] if rb > 3 else zero
+    a4 = n[r0 + 4, j] if rb > 4 else zero
+    a5 = n[r0 + 5, j] if rb > 5 else zero
+    a6 = n[r0 + 6, j] if rb > 6 else zero
+    a7 = n[r0 + 7, j] if rb > 7 else zero
+    b0, b1, b2, b3, b4, b5, b6, b7 = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7]
+    for k in range(g.shape[0]):
+        g[k] += (((a0 * b0[k] + a1 * b1[k]) + (a2 * b2[k] + a3 * b3[k]))
+                 + ((a4 * b4[k] + a5 * b5[k]) + (a6 * b6[k] + a7 * b7[k])))
 
 
 def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -490,6 +562,8 @@ if HAVE_NUMBA:
     _ten_dots = numba.njit(fastmath={"reassoc", "contract"}, **_JIT)(_ten_dots)
     _narrow_float = numba.njit(**_JIT)(_narrow_float)
     _narrow_compact = numba.njit(**_JIT)(_narrow_compact)
+    _eight_rows = numba.njit(fastmath={"contract"}, **_JIT)(_eight_rows)
+    _narrow_corr = numba.njit(**_JIT)(_narrow_corr)
     _fill = numba.njit(**_JIT)(_fill)
     _maxabs = numba.njit(**_JIT)(_maxabs)
     _lif_step = numba.njit(**_JIT)(_lif_step)
