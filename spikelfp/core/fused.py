@@ -102,7 +102,7 @@ def _abs_mul(out, w):  # pragma: no cover - compiled by numba
         out[i] = abs(w[i]) * out[i]
 
 
-NARROW_MAX = 20  # out features up to which :func:`narrow_linear` runs (README "CPU": measured)
+NARROW_MAX = 20  # outputs up to which the narrow kernels run (measured: README "What is fused")
 
 
 def _narrow_ok(x: Tensor, dtype, tensors) -> bool:
@@ -140,12 +140,10 @@ def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
     (:func:`_eight_rows`); the sums are in the kernel's order (equal to torch's to float
     rounding). See :func:`narrow_correlate_usable`."""
     J, K = n.shape[-1], x.shape[-1]
-    rows = x.detach().reshape(-1, K)
-    rows = (rows.view(torch.uint8) if rows.dtype == torch.bool else rows).contiguous()
-    np_dt = np.float64 if n.dtype == torch.float64 else np.float32
+    np_dt = _np_float(n.dtype)
     G = torch.empty((J, K), dtype=n.dtype)
-    _narrow_corr(n.detach().reshape(-1, J).contiguous().numpy(), rows.numpy(), G.numpy(),
-                 np.empty((8, min(K, CORR_BLOCK)), np_dt), np_dt(1.0))
+    _narrow_corr(_flat(n, J), _flat(x, K), G.numpy(), np.empty((8, min(K, CORR_BLOCK)), np_dt),
+                 np_dt(1.0))
     return G
 
 
@@ -202,21 +200,16 @@ def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
     same compiled code and give the same numbers, bit for bit. The sums are in the kernel's own
     order (vectorized partial sums): they agree with torch's to float rounding."""
     J, K = W.shape
-    lead = x.shape[:-1]
-    rows = x.detach().reshape(-1, K)
-    rows = (rows.view(torch.uint8) if rows.dtype == torch.bool else rows).contiguous()
-    pad = -J % 10  # zero rows of W (and bias) up to a multiple of ten; their columns are dropped
-    Wp = torch.nn.functional.pad(W.detach(), (0, 0, 0, pad)).contiguous()
-    bp = torch.zeros(J + pad, dtype=W.dtype) if b is None else \
-        torch.nn.functional.pad(b.detach(), (0, pad)).contiguous()
-    out = torch.empty((rows.shape[0], J + pad), dtype=W.dtype)
-    np_dt = np.float64 if W.dtype == torch.float64 else np.float32
-    if rows.dtype == torch.uint8:
-        _narrow_compact(rows.numpy(), Wp.numpy(), bp.numpy(), out.numpy(), np.empty(K, np_dt),
-                        np_dt(1.0))
+    rows = _flat(x, K)
+    Wp = _pad_ten(W, 0)  # zero rows of W (and bias) up to a multiple of ten: columns dropped
+    bp = _pad_ten(torch.zeros(J, dtype=W.dtype) if b is None else b, 0)
+    out = torch.empty((rows.shape[0], Wp.shape[0]), dtype=W.dtype)
+    one = _np_float(W.dtype)(1.0)
+    if rows.dtype == np.uint8:
+        _narrow_compact(rows, Wp.numpy(), bp.numpy(), out.numpy(), np.empty(K, type(one)), one)
     else:
-        _narrow_float(rows.numpy(), Wp.numpy(), bp.numpy(), out.numpy(), np_dt(1.0))
-    return (out[:, :J].contiguous() if pad else out).reshape(*lead, J)
+        _narrow_float(rows, Wp.numpy(), bp.numpy(), out.numpy(), one)
+    return (out[:, :J].contiguous() if Wp.shape[0] > J else out).reshape(*x.shape[:-1], J)
 
 
 def _narrow_float(x, W, b, out, one):  # pragma: no cover - compiled by numba
@@ -573,12 +566,26 @@ else:  # pragma: no cover
     _compiled = _lif_compiled = None
 
 
-def _flat(a: Tensor) -> np.ndarray:
-    """``[T, B, ...]`` -> a C-contiguous numpy ``[T, M]`` view (bool spikes as uint8)."""
+def _flat(a: Tensor, cols: Optional[int] = None) -> np.ndarray:
+    """``[T, B, ...]`` -> a C-contiguous numpy ``[T, M]`` view, or ``[-1, cols]`` rows with
+    ``cols`` (bool spikes as uint8)."""
     a = a.detach()
     if a.dtype == torch.bool:
         a = a.view(torch.uint8)
-    return a.contiguous().reshape(a.shape[0], -1).numpy()
+    a = a.contiguous()
+    return (a.reshape(a.shape[0], -1) if cols is None else a.reshape(-1, cols)).numpy()
+
+
+def _np_float(dt: torch.dtype):
+    """numpy's float type for a float32/float64 torch dtype."""
+    return np.float64 if dt == torch.float64 else np.float32
+
+
+def _pad_ten(t: Tensor, dim: int) -> Tensor:
+    """``t`` (detached, contiguous) with zeros appended along ``dim`` up to a multiple of ten: the
+    kernels that take ten rows at a time (:func:`_ten_rows`, :func:`_ten_dots`)."""
+    pad = [0, 0] * (t.dim() - dim - 1) + [0, -t.shape[dim] % 10]
+    return torch.nn.functional.pad(t.detach(), pad).contiguous()
 
 
 def _per_neuron(p, like: Tensor, scalar: bool = False) -> np.ndarray:
@@ -648,7 +655,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     if not HAVE_NUMBA:  # pragma: no cover
         raise RuntimeError("the fused reverse scan needs numba; check spikelfp.core.fused.usable first")
     dt = membrane.dtype
-    np_dt = np.float64 if dt == torch.float64 else np.float32
+    np_dt = _np_float(dt)
     B = membrane.shape[1]
     empty = np.empty((0, 0), np_dt)
     v_np = _flat(membrane)
@@ -699,12 +706,5 @@ def _lowrank_arrays(lowrank, dt, np_dt):
     ``[T, B N]`` arrays and the divisor; K' is K rounded up to a multiple of ten, the added rows
     of n and W zero (they add +0 to every sum: :func:`_lowrank_row` sums ten rows at a time)."""
     n, W, x, m = lowrank
-    T = n.shape[0]
-    x = x.view(torch.uint8) if x.dtype == torch.bool else x
-    pad = -W.shape[0] % 10
-    n, W = n.detach().to(dt), W.detach().to(dt)
-    if pad:
-        n = torch.nn.functional.pad(n, (0, pad))
-        W = torch.nn.functional.pad(W, (0, 0, 0, pad))
-    return (n.contiguous().reshape(T, -1).numpy(), W.contiguous().numpy(),
-            x.contiguous().reshape(T, -1).numpy(), np_dt(1.0) if m is None else np_dt(float(m)))
+    return (_flat(_pad_ten(n.to(dt), n.dim() - 1)), _pad_ten(W.to(dt), 0).numpy(), _flat(x),
+            np_dt(1.0) if m is None else np_dt(float(m)))
