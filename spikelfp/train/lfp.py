@@ -449,6 +449,6 @@ class LFPTrainer(Trainer):
 register_trainer(TrainerSpec(
     "lfp", LFPTrainer, "Layer-wise Feedback Propagation (reward decomposed with LRP rules)", OPTIONS,
     # reset "zero" exports exactly to NIR and Loihi; with epsilon 0.1, layer scope, clip_norm 2
-    # and Adam 2e-3 the digits quick start reaches 98.23 % over 24 seeds, 0.28 points below the
+    # and Adam 2e-3 the digits quick start reaches 98.08 % over 24 seeds, 0.56 points below the
     # same settings with "subtract", which does not export (README "Reset semantics")
     defaults={"reset": "zero", "lr": 2e-3}))
