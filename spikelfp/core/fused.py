@@ -1,6 +1,9 @@
 """Compiled kernels for the LIF scans (numba on CPU; Triton on CUDA, in
 :mod:`spikelfp.core.fused_triton`): the LFP reverse scan of one layer (spec section 3) and the
-no-grad Heaviside forward scan (spec section 1).
+no-grad Heaviside forward scan (spec section 1); on CPU also the products of narrow dense layers
+(few outputs, such as a 10-class output layer), where MKL runs far below its speed:
+:func:`narrow_linear` (the no-grad current) and :func:`narrow_correlate` (the weight-shaped
+correlation of spec section 4), both reading compact spikes without a float copy.
 
 Reverse scan:
 For t = T..1 (c_T = 0), per neuron, exactly what the torch loop of
