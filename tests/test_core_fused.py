@@ -229,6 +229,48 @@ def test_narrow_correlate_against_float64_products(J, dtype, path_switch):
                n.double().reshape(21, J).t() @ x.double(), 1e-13 if dtype == torch.float64 else 2e-6, "float x")
 
 
+@needs_numba
+def test_kernels_give_the_same_numbers_on_any_number_of_threads(path_switch):
+    """With torch's thread count above 1 the narrow products and the LIF forward split their
+    work over numba's threads (rows, column blocks, neurons); every number is computed by one
+    thread in the same order, so 1, 2 and 3 threads give the same bits (sizes that split)."""
+    g = torch.Generator().manual_seed(5)
+    R, K, M = 3 * fused.NARROW_ROWS + 5, 3 * fused.CORR_BLOCK + 7, 3 * fused.LIF_PART + 33
+    s = torch.rand(R, K, generator=g) > 0.7
+    x = torch.randn(R, K, generator=g)
+    W, b = torch.randn(10, K, generator=g), torch.randn(10, generator=g)
+    n = torch.randn(R, 13, generator=g)
+    current = torch.randn(4, M, generator=g) * 0.7 + 0.4
+    beta = torch.rand(M, generator=g) * 0.5 + 0.5
+    saved = torch.get_num_threads()
+    calls = []
+
+    def counted(name):
+        kernel = getattr(fused, name)
+        return lambda *a: (calls.append(name), kernel(*a))[1]
+    runs = []
+    try:
+        with path_switch(True), torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+            for name in ("_narrow_rows_par", "_narrow_corr_par", "_lif_par_compiled"):
+                mp.setattr(fused, name, counted(name))
+            for k in (1, 2, 3):
+                torch.set_num_threads(k)
+                S, V = fused.lif_forward(current, beta, torch.tensor(1.0), "subtract", 4, (M,),
+                                         constant=False, compact=True)
+                runs.append((fused.narrow_linear(s, W, b), fused.narrow_linear(x, W, None),
+                             fused.narrow_correlate(n, s), fused.narrow_correlate(n, x), S, V))
+    finally:
+        torch.set_num_threads(saved)
+    import numba
+    if numba.config.NUMBA_NUM_THREADS > 1:  # 2 and 3 threads took the split kernels
+        assert sorted(set(calls)) == ["_lif_par_compiled", "_narrow_corr_par", "_narrow_rows_par"]
+        assert len(calls) == 2 * 5
+    assert 0 < int(runs[0][4].sum()) < runs[0][4].numel()
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert torch.equal(a, c)
+
+
 def test_narrow_usable_only_without_gradients_and_for_few_outputs(path_switch):
     """The forward-only kernel never takes a product that autograd must see, a layer wider than
     NARROW_MAX, mixed dtypes, a non-float weight or a switched-off path."""

@@ -76,6 +76,18 @@ def set_enabled(flag: bool) -> bool:
     return prev
 
 
+LIF_PART = 4096  # neurons per thread below which the forward scan stays on one thread
+
+
+def threads() -> int:
+    """Threads for the CPU kernels: torch's intra-op thread count (``torch.set_num_threads``,
+    ``OMP_NUM_THREADS``), at most numba's; 1 runs the single-threaded compiled code, which never
+    starts numba's thread pool. Every kernel splits its work so that each number is computed the
+    same way on any number of threads."""
+    n = torch.get_num_threads()
+    return max(1, min(n, numba.config.NUMBA_NUM_THREADS)) if HAVE_NUMBA and n > 1 else 1
+
+
 def usable(membrane: Tensor, max_reduce=None) -> bool:
     """Whether a scan over ``membrane`` can run fused: switched on, a float32/float64 tensor, no
     cross-process reduction of the max (a kernel cannot call one between its passes), and
@@ -145,23 +157,28 @@ def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
     J, K = n.shape[-1], x.shape[-1]
     np_dt = _np_float(n.dtype)
     G = torch.empty((J, K), dtype=n.dtype)
-    _narrow_corr(_flat(n, J), _flat(x, K), G.numpy(), np.empty((8, min(K, CORR_BLOCK)), np_dt),
-                 np_dt(1.0))
+    args = (_flat(n, J), _flat(x, K), G.numpy())
+    parts = min(threads(), K // CORR_BLOCK)
+    if parts > 1:
+        _narrow_corr_par(*args, np_dt(1.0), parts)
+    else:
+        _narrow_corr(*args, np.empty((8, min(K, CORR_BLOCK)), np_dt), np_dt(1.0), 0, K)
     return G
 
 
 CORR_BLOCK = 512  # columns of x per block of :func:`_narrow_corr` (measured: 512-1000 best)
 
 
-def _narrow_corr(n, x, G, buf, one):  # pragma: no cover - compiled by numba
-    """G = n^T x (``n`` [R, J], ``x`` [R, K] uint8 or float): per block of columns, per eight
-    rows of x converted into ``buf`` (zero rows past R), all J rows of G updated."""
-    R, K = x.shape
+def _narrow_corr(n, x, G, buf, one, c0, c1):  # pragma: no cover - compiled by numba
+    """G[:, c0:c1] = n^T x[:, c0:c1] (``n`` [R, J], ``x`` [R, K] uint8 or float): per block of
+    columns, per eight rows of x converted into ``buf`` (zero rows past R), all J rows of G
+    updated."""
+    R = x.shape[0]
     zero = one - one
-    G[:] = zero
+    G[:, c0:c1] = zero
     KC = buf.shape[1]
-    for k0 in range(0, K, KC):
-        w = min(K, k0 + KC) - k0
+    for k0 in range(c0, c1, KC):
+        w = min(c1, k0 + KC) - k0
         for r0 in range(0, R, 8):
             rb = min(8, R - r0)
             for q in range(8):
@@ -175,6 +192,16 @@ def _narrow_corr(n, x, G, buf, one):  # pragma: no cover - compiled by numba
                         bq[k] = zero
             for j in range(n.shape[1]):
                 _eight_rows(G[j, k0:k0 + w], n, r0, rb, j, buf, zero)
+
+
+def _narrow_corr_par(n, x, G, one, parts):  # pragma: no cover - compiled by numba (parallel)
+    """:func:`_narrow_corr` with the columns split into ``parts`` ranges, one per thread: every
+    column is summed by one thread in the same order, so the result does not depend on them."""
+    K = x.shape[1]
+    per = -(-K // parts)
+    for p in numba.prange(parts):
+        buf = np.empty((8, CORR_BLOCK), G.dtype)
+        _narrow_corr(n, x, G, buf, one, p * per, min(K, (p + 1) * per))
 
 
 def _eight_rows(g, n, r0, rb, j, buf, zero):  # pragma: no cover - compiled by numba
@@ -208,28 +235,38 @@ def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
     bp = _pad_ten(torch.zeros(J, dtype=W.dtype) if b is None else b, 0)
     out = torch.empty((rows.shape[0], Wp.shape[0]), dtype=W.dtype)
     one = _np_float(W.dtype)(1.0)
-    if rows.dtype == np.uint8:
-        _narrow_compact(rows, Wp.numpy(), bp.numpy(), out.numpy(), np.empty(K, type(one)), one)
+    args = (rows, Wp.numpy(), bp.numpy(), out.numpy(), one)
+    parts = min(threads(), rows.shape[0] // NARROW_ROWS)
+    if parts > 1:
+        _narrow_rows_par(*args, parts)
     else:
-        _narrow_float(rows, Wp.numpy(), bp.numpy(), out.numpy(), one)
+        _narrow_rows(*args, np.empty(K, type(one)), 0, rows.shape[0])
     return (out[:, :J].contiguous() if Wp.shape[0] > J else out).reshape(*x.shape[:-1], J)
 
 
-def _narrow_float(x, W, b, out, one):  # pragma: no cover - compiled by numba
-    """out[r] = x[r] W^T + b for float rows ``x`` [R, K]; ``W`` [J, K], J a multiple of ten."""
-    for r in range(x.shape[0]):
-        for j in range(0, W.shape[0], 10):
-            _ten_dots(x[r], W, b, out[r], j, one)
+NARROW_ROWS = 64  # rows per thread below which :func:`narrow_linear` stays on one thread
 
 
-def _narrow_compact(x, W, b, out, buf, one):  # pragma: no cover - compiled by numba
-    """:func:`_narrow_float` for uint8 rows: each row converted into the float row ``buf`` first."""
-    for r in range(x.shape[0]):
+def _narrow_rows(x, W, b, out, one, buf, r0, r1):  # pragma: no cover - compiled by numba
+    """out[r] = x[r] W^T + b for rows r0..r1-1 of ``x`` [R, K] (uint8 or float); ``W`` [J, K],
+    J a multiple of ten. Each row is first copied (converted) into the float row ``buf``, so
+    that compact and float rows run the same code on the same values."""
+    for r in range(r0, r1):
         row = x[r]
         for k in range(row.shape[0]):
             buf[k] = row[k]
         for j in range(0, W.shape[0], 10):
             _ten_dots(buf, W, b, out[r], j, one)
+
+
+def _narrow_rows_par(x, W, b, out, one, parts):  # pragma: no cover - compiled by numba (parallel)
+    """:func:`_narrow_rows` with the rows split into ``parts`` ranges, one per thread (each row
+    is computed the same way on any thread)."""
+    R = x.shape[0]
+    per = -(-R // parts)
+    for p in numba.prange(parts):
+        buf = np.empty(x.shape[1], W.dtype)
+        _narrow_rows(x, W, b, out, one, buf, p * per, min(R, (p + 1) * per))
 
 
 def _ten_dots(xr, W, b, o, j, one):  # pragma: no cover - compiled by numba (reassociating sums)
@@ -477,24 +514,37 @@ def _epsilon_step(F, C, v, s, beta, th, n1, sums1, t, m, scale, zu_here, subtrac
         C[i] = (abs(zu) if direction else zu) * n
 
 
-def _lif_kernel(I, V, S, beta, th, subtract, one):  # pragma: no cover - compiled by numba
-    """The LIF forward of :func:`spikelfp.core.lif.lif_scan` (Heaviside, no grad) in one pass per
-    step, in the torch path's arithmetic and order: v_1 = I_1; subtract: v_t = (v_{t-1} beta +
-    I_t) + s_{t-1} (-theta); zero: v_t = ((1 - s_{t-1}) v_{t-1}) beta + I_t; s_t = v_t > theta.
-    ``I`` is ``[T, M]`` or one constant row ``[1, M]``; ``one``: 1 in the arrays' dtype (a float64
-    literal would promote float32 arithmetic)."""
-    T, M = V.shape
+def _lif_kernel(I, V, S, beta, th, subtract, one, a, e):  # pragma: no cover - numba
+    """The LIF forward of :func:`spikelfp.core.lif.lif_scan` (Heaviside, no grad) for neurons
+    a..e-1 in one pass per step, in the torch path's arithmetic and order: v_1 = I_1; subtract:
+    v_t = (v_{t-1} beta + I_t) + s_{t-1} (-theta); zero: v_t = ((1 - s_{t-1}) v_{t-1}) beta + I_t;
+    s_t = v_t > theta. ``I`` is ``[T, M]`` or one constant row ``[1, M]``; ``one``: 1 in the
+    arrays' dtype (a float64 literal would promote float32 arithmetic)."""
+    T = V.shape[0]
     pb = 0 if beta.shape[0] == 1 else 1  # scalar (one element) or one value per element
     pt = 0 if th.shape[0] == 1 else 1
+    bb = beta[a * pb:(e - 1) * pb + 1]
+    tb = th[a * pt:(e - 1) * pt + 1]
     for t in range(T):
-        ti = t if I.shape[0] > 1 else 0
+        It = I[t if I.shape[0] > 1 else 0, a:e]
         if t == 0:
-            for i in range(M):
-                v = I[ti, i]
-                V[0, i] = v
-                S[0, i] = v > th[i * pt]
+            for i in range(e - a):
+                v = It[i]
+                V[0, a + i] = v
+                S[0, a + i] = v > tb[i * pt]
         else:
-            _lif_step(I[ti], V[t - 1], S[t - 1], V[t], S[t], beta, th, pb, pt, subtract, one)
+            _lif_step(It, V[t - 1, a:e], S[t - 1, a:e], V[t, a:e], S[t, a:e], bb, tb, pb, pt,
+                      subtract, one)
+
+
+def _lif_par(I, V, S, beta, th, subtract, one, parts):  # pragma: no cover - numba (parallel)
+    """:func:`_lif_kernel` with the neurons split into ``parts`` ranges (multiples of 64), one
+    per thread; elementwise, so the same numbers on any number of threads."""
+    M = V.shape[1]
+    per = -(-M // parts // 64) * 64
+    for p in numba.prange(parts):
+        if p * per < M:
+            _lif_kernel(I, V, S, beta, th, subtract, one, p * per, min(M, (p + 1) * per))
 
 
 def _lif_step(It, Vp, Sp, Vt, St, beta, th, pb, pt, subtract, one):  # pragma: no cover - numba
@@ -540,10 +590,15 @@ def lif_forward(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T:
     S = torch.empty(V.shape, dtype=torch.uint8 if compact else dt, device=V.device)
     cur = current.detach().contiguous()
     rows = cur.reshape(1, -1) if constant else cur.reshape(T, -1)
-    _lif_compiled(rows.numpy(), V.reshape(T, -1).numpy(), S.reshape(T, -1).numpy(),
-                  _per_neuron(beta, V, scalar=True), _per_neuron(threshold, V, scalar=True),
-                  reset == "subtract",
-                  np.float64(1.0) if dt == torch.float64 else np.float32(1.0))
+    args = (rows.numpy(), V.reshape(T, -1).numpy(), S.reshape(T, -1).numpy(),
+            _per_neuron(beta, V, scalar=True), _per_neuron(threshold, V, scalar=True),
+            reset == "subtract", _np_float(dt)(1.0))
+    M = args[1].shape[1]
+    parts = min(threads(), M // LIF_PART)
+    if parts > 1:
+        _lif_par_compiled(*args, parts)
+    else:
+        _lif_compiled(*args, 0, M)
     return S, V
 
 
@@ -556,17 +611,19 @@ if HAVE_NUMBA:
     _ten_rows = numba.njit(fastmath={"contract"}, **_JIT)(_ten_rows)
     _abs_mul = numba.njit(**_JIT)(_abs_mul)
     _ten_dots = numba.njit(fastmath={"reassoc", "contract"}, **_JIT)(_ten_dots)
-    _narrow_float = numba.njit(**_JIT)(_narrow_float)
-    _narrow_compact = numba.njit(**_JIT)(_narrow_compact)
+    _narrow_rows = numba.njit(**_JIT)(_narrow_rows)
+    _narrow_rows_par = numba.njit(parallel=True, **_JIT)(_narrow_rows_par)
     _eight_rows = numba.njit(fastmath={"contract"}, **_JIT)(_eight_rows)
     _narrow_corr = numba.njit(**_JIT)(_narrow_corr)
+    _narrow_corr_par = numba.njit(parallel=True, **_JIT)(_narrow_corr_par)
     _fill = numba.njit(**_JIT)(_fill)
     _maxabs = numba.njit(**_JIT)(_maxabs)
     _lif_step = numba.njit(**_JIT)(_lif_step)
-    _lif_compiled = numba.njit(**_JIT)(_lif_kernel)
+    _lif_kernel = _lif_compiled = numba.njit(**_JIT)(_lif_kernel)
+    _lif_par_compiled = numba.njit(parallel=True, **_JIT)(_lif_par)
     _compiled = numba.njit(**_JIT)(_kernel)
 else:  # pragma: no cover
-    _compiled = _lif_compiled = None
+    _compiled = _lif_compiled = _lif_par_compiled = None
 
 
 def _flat(a: Tensor, cols: Optional[int] = None) -> np.ndarray:
