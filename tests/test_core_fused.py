@@ -236,6 +236,7 @@ def test_kernels_give_the_same_numbers_on_any_number_of_threads(path_switch):
     thread in the same order, so 1, 2 and 3 threads give the same bits (sizes that split)."""
     g = torch.Generator().manual_seed(5)
     R, K, M = 3 * fused.NARROW_ROWS + 5, 3 * fused.CORR_BLOCK + 7, 3 * fused.LIF_PART + 33
+    assert K // fused.CORR_PART >= 3
     s = torch.rand(R, K, generator=g) > 0.7
     x = torch.randn(R, K, generator=g)
     W, b = torch.randn(10, K, generator=g), torch.randn(10, generator=g)

@@ -158,7 +158,7 @@ def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
     np_dt = _np_float(n.dtype)
     G = torch.empty((J, K), dtype=n.dtype)
     args = (_flat(n, J), _flat(x, K), G.numpy())
-    parts = min(threads(), K // CORR_BLOCK)
+    parts = min(threads(), K // CORR_PART)
     if parts > 1:
         _narrow_corr_par(*args, np_dt(1.0), parts)
     else:
@@ -167,6 +167,7 @@ def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
 
 
 CORR_BLOCK = 512  # columns of x per block of :func:`_narrow_corr` (measured: 512-1000 best)
+CORR_PART = 256  # columns per thread below which :func:`narrow_correlate` stays on one thread
 
 
 def _narrow_corr(n, x, G, buf, one, c0, c1):  # pragma: no cover - compiled by numba
