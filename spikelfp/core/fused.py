@@ -88,6 +88,11 @@ def threads() -> int:
     return max(1, min(n, numba.config.NUMBA_NUM_THREADS)) if HAVE_NUMBA and n > 1 else 1
 
 
+def _parts(n: int, least: int) -> int:
+    """How many threads share ``n`` units of work: :func:`threads`, each with ``least`` or more."""
+    return max(1, min(threads(), n // least))
+
+
 def usable(membrane: Tensor, max_reduce=None) -> bool:
     """Whether a scan over ``membrane`` can run fused: switched on, a float32/float64 tensor, no
     cross-process reduction of the max (a kernel cannot call one between its passes), and
@@ -158,7 +163,7 @@ def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
     np_dt = _np_float(n.dtype)
     G = torch.empty((J, K), dtype=n.dtype)
     args = (_flat(n, J), _flat(x, K), G.numpy())
-    parts = min(threads(), K // CORR_PART)
+    parts = _parts(K, CORR_PART)
     if parts > 1:
         _narrow_corr_par(*args, np_dt(1.0), parts)
     else:
@@ -237,7 +242,7 @@ def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
     out = torch.empty((rows.shape[0], Wp.shape[0]), dtype=W.dtype)
     one = _np_float(W.dtype)(1.0)
     args = (rows, Wp.numpy(), bp.numpy(), out.numpy(), one)
-    parts = min(threads(), rows.shape[0] // NARROW_ROWS)
+    parts = _parts(rows.shape[0], NARROW_ROWS)
     if parts > 1:
         _narrow_rows_par(*args, parts)
     else:
@@ -595,7 +600,7 @@ def lif_forward(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T:
             _per_neuron(beta, V, scalar=True), _per_neuron(threshold, V, scalar=True),
             reset == "subtract", _np_float(dt)(1.0))
     M = args[1].shape[1]
-    parts = min(threads(), M // LIF_PART)
+    parts = _parts(M, LIF_PART)
     if parts > 1:
         _lif_par_compiled(*args, parts)
     else:
