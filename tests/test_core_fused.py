@@ -272,6 +272,36 @@ def test_kernels_give_the_same_numbers_on_any_number_of_threads(path_switch):
             assert torch.equal(a, c)
 
 
+@needs_numba
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_the_kernels_on_one_thread(path_switch):
+    """After the split kernels ran (numba's GNU OpenMP pool started), a forked child gets the
+    same numbers on one thread; on the pool, numba would end it ("fork() called from a process
+    already using GNU OpenMP")."""
+    import os
+
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: nothing is split")
+    g = torch.Generator().manual_seed(6)
+    s = torch.rand(4 * fused.NARROW_ROWS, 300, generator=g) > 0.7
+    W = torch.randn(10, 300, generator=g)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with path_switch(True), torch.no_grad():
+            want = fused.narrow_linear(s, W, None)
+            assert fused.threads() == 2
+            pid = os.fork()
+            if pid == 0:  # the child: exit 0 only with one thread and the same numbers
+                ok = fused.threads() == 1 and torch.equal(fused.narrow_linear(s, W, None), want)
+                os._exit(0 if ok else 1)
+            _, status = os.waitpid(pid, 0)
+    finally:
+        torch.set_num_threads(saved)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
 def test_narrow_usable_only_without_gradients_and_for_few_outputs(path_switch):
     """The forward-only kernel never takes a product that autograd must see, a layer wider than
     NARROW_MAX, mixed dtypes, a non-float weight or a switched-off path."""

@@ -83,9 +83,24 @@ def threads() -> int:
     """Threads for the CPU kernels: torch's intra-op thread count (``torch.set_num_threads``,
     ``OMP_NUM_THREADS``), at most numba's; 1 runs the single-threaded compiled code, which never
     starts numba's thread pool. Every kernel splits its work so that each number is computed the
-    same way on any number of threads."""
+    same way on any number of threads. 1 in a process forked from another (a pool of GNU
+    OpenMP threads does not survive ``fork``: numba would end the child)."""
     n = torch.get_num_threads()
-    return max(1, min(n, numba.config.NUMBA_NUM_THREADS)) if HAVE_NUMBA and n > 1 else 1
+    if _FORKED or not HAVE_NUMBA or n < 2:
+        return 1
+    return max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+_FORKED = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _parts(n: int, least: int) -> int:
