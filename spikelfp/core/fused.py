@@ -76,7 +76,11 @@ def set_enabled(flag: bool) -> bool:
     return prev
 
 
-LIF_PART = 4096  # neurons per thread below which the forward scan stays on one thread
+# Work per thread below which a kernel stays on one thread (a split costs the start of numba's
+# pool and its threads' spinning next to torch's; the 8x8-digits quick start ran 10 % slower on
+# 2 threads with small splits): multiply-adds for the narrow products, neuron-steps for the scan
+SPLIT_MACS = 1 << 22
+SPLIT_STEPS = 1 << 19
 
 
 def threads() -> int:
@@ -103,9 +107,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _parts(n: int, least: int) -> int:
-    """How many threads share ``n`` units of work: :func:`threads`, each with ``least`` or more."""
-    return max(1, min(threads(), n // least))
+def _parts(work: int, least: int) -> int:
+    """How many threads share ``work``: :func:`threads`, each with ``least`` or more."""
+    return max(1, min(threads(), work // least))
 
 
 def usable(membrane: Tensor, max_reduce=None) -> bool:
@@ -178,7 +182,7 @@ def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
     np_dt = _np_float(n.dtype)
     G = torch.empty((J, K), dtype=n.dtype)
     args = (_flat(n, J), _flat(x, K), G.numpy())
-    parts = _parts(K, CORR_PART)
+    parts = _parts(n.numel() * K, SPLIT_MACS)
     if parts > 1:
         _narrow_corr_par(*args, np_dt(1.0), parts)
     else:
@@ -187,7 +191,6 @@ def narrow_correlate(n: Tensor, x: Tensor) -> Tensor:
 
 
 CORR_BLOCK = 512  # columns of x per block of :func:`_narrow_corr` (measured: 512-1000 best)
-CORR_PART = 256  # columns per thread below which :func:`narrow_correlate` stays on one thread
 
 
 def _narrow_corr(n, x, G, buf, one, c0, c1):  # pragma: no cover - compiled by numba
@@ -257,15 +260,12 @@ def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
     out = torch.empty((rows.shape[0], Wp.shape[0]), dtype=W.dtype)
     one = _np_float(W.dtype)(1.0)
     args = (rows, Wp.numpy(), bp.numpy(), out.numpy(), one)
-    parts = _parts(rows.shape[0], NARROW_ROWS)
+    parts = _parts(rows.shape[0] * K * Wp.shape[0], SPLIT_MACS)
     if parts > 1:
         _narrow_rows_par(*args, parts)
     else:
         _narrow_rows(*args, np.empty(K, type(one)), 0, rows.shape[0])
     return (out[:, :J].contiguous() if Wp.shape[0] > J else out).reshape(*x.shape[:-1], J)
-
-
-NARROW_ROWS = 64  # rows per thread below which :func:`narrow_linear` stays on one thread
 
 
 def _narrow_rows(x, W, b, out, one, buf, r0, r1):  # pragma: no cover - compiled by numba
@@ -615,7 +615,7 @@ def lif_forward(current: Tensor, beta: Tensor, threshold: Tensor, reset: str, T:
             _per_neuron(beta, V, scalar=True), _per_neuron(threshold, V, scalar=True),
             reset == "subtract", _np_float(dt)(1.0))
     M = args[1].shape[1]
-    parts = _parts(M, LIF_PART)
+    parts = _parts(M * T, SPLIT_STEPS)
     if parts > 1:
         _lif_par_compiled(*args, parts)
     else:
