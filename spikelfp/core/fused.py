@@ -127,10 +127,8 @@ def abs_mul_(out: Tensor, w: Tensor) -> Tensor:
     """``out *= |w|`` in place (G = |W| * correlation, spec section 4): one pass where numba
     runs, on CPU tensors of one float dtype and shape (torch first makes |w|, a weight-sized
     temporary); the same numbers (one product of two numbers per element)."""
-    if (_ENABLED and HAVE_NUMBA and out.device.type == "cpu" == w.device.type
-            and out.dtype == w.dtype and out.dtype in (torch.float32, torch.float64)
-            and out.shape == w.shape and out.is_contiguous() and w.is_contiguous()
-            and not (out.requires_grad or w.requires_grad)):
+    if (_cpu_ok(out.dtype, (out, w)) and out.dtype == w.dtype and out.shape == w.shape
+            and out.is_contiguous() and w.is_contiguous()):
         _abs_mul(out.reshape(-1).numpy(), w.reshape(-1).numpy())
         return out
     return out.mul_(w.abs())
@@ -144,14 +142,18 @@ def _abs_mul(out, w):  # pragma: no cover - compiled by numba
 NARROW_MAX = 20  # outputs up to which the narrow kernels run (measured: README "What is fused")
 
 
-def _narrow_ok(x: Tensor, dtype, tensors) -> bool:
-    """The common conditions of the narrow kernels: switched on with numba, CPU tensors, a
-    float32/float64 ``dtype``, ``x`` of that dtype or compact (uint8/bool), and nothing that
-    needs a gradient (the kernels are forward only)."""
+def _cpu_ok(dtype, tensors) -> bool:
+    """The conditions every CPU kernel outside the scans shares: switched on with numba, a
+    float32/float64 ``dtype``, CPU tensors, and nothing that needs a gradient (the kernels are
+    forward only)."""
     return (_ENABLED and HAVE_NUMBA and dtype in (torch.float32, torch.float64)
-            and (x.dtype == dtype or x.dtype in (torch.uint8, torch.bool))
             and all(t.device.type == "cpu" for t in tensors)
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
+def _narrow_ok(x: Tensor, dtype, tensors) -> bool:
+    """:func:`_cpu_ok`, with ``x`` of that dtype or compact (uint8/bool)."""
+    return (x.dtype == dtype or x.dtype in (torch.uint8, torch.bool)) and _cpu_ok(dtype, tensors)
 
 
 def narrow_usable(x: Tensor, W: Tensor, b: Optional[Tensor]) -> bool:
@@ -665,8 +667,10 @@ def _np_float(dt: torch.dtype):
 def _pad_ten(t: Tensor, dim: int) -> Tensor:
     """``t`` (detached, contiguous) with zeros appended along ``dim`` up to a multiple of ten: the
     kernels that take ten rows at a time (:func:`_ten_rows`, :func:`_ten_dots`)."""
-    pad = [0, 0] * (t.dim() - dim - 1) + [0, -t.shape[dim] % 10]
-    return torch.nn.functional.pad(t.detach(), pad).contiguous()
+    extra = -t.shape[dim] % 10
+    if not extra:  # the common case (ten classes): no copy
+        return t.detach().contiguous()
+    return torch.nn.functional.pad(t.detach(), [0, 0] * (t.dim() - dim - 1) + [0, extra]).contiguous()
 
 
 def _per_neuron(p, like: Tensor, scalar: bool = False) -> np.ndarray:
