@@ -705,7 +705,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
                  spiking: bool, rule, normalize: Optional[str], direction: bool, keep: bool,
                  details: bool, base: Optional[Tensor] = None, P: Optional[Tensor] = None,
                  N: Optional[Tensor] = None, out=None, carry: Optional[Tensor] = None,
-                 stop: int = 0, lowrank=None):
+                 stop: int = 0, lowrank=None, skip_silent: bool = True):
     """Run the fused reverse scan (see the module docstring). ``r``, ``membrane``, ``spikes``:
     ``[T, B, *out]`` (spikes uint8, bool or float); ``base``: the z+z- sum ``sum |W||x| + eps (+ |b|)``,
     ``P``/``N``: the alphabeta sums of positive/negative contributions (each ``[T, B, *out]`` or a
@@ -721,6 +721,13 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     (x_t (n_t W)) / m, the feedback a linear layer above with n ``[T, B, K]``, weights ``[K, N]``
     and compact input ``x`` ``[T, B, N]`` sends, made one step at a time inside the scan (no
     ``[T, B, N]`` tensor of it; ``m``: the "layer" scope's max or None).
+
+    With ``lowrank`` (a whole scan: no ``carry``, ``stop`` 0, no ``details``) and
+    ``skip_silent``, the neurons whose input to the layer above is 0 at every step and in every
+    sample (a neuron that never spiked) are left out when they are at most ``LIVE_SCAN_MAX`` of
+    the layer: their r_t is 0 at every step, so F_t, c_t and n_t are 0 (F / D with D > 0 for
+    every rule), and they do not change a max; the others are scanned on gathered copies and
+    give the same numbers as the whole scan (see :func:`_live_scan`).
 
     Returns ``(n, sums, F, c)``: ``n`` a list of ``[T, B, *out]`` tensors (one, or (n+, n-) for
     alphabeta) when ``keep``, else None; ``sums`` the list of sum_t n_t ``[B, *out]`` when not
@@ -739,6 +746,12 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
             P=P, N=N, out=out, carry=carry, stop=stop)
     if not HAVE_NUMBA:  # pragma: no cover
         raise RuntimeError("the fused reverse scan needs numba; check spikelfp.core.fused.usable first")
+    if lowrank is not None and skip_silent and carry is None and stop == 0 and not details:
+        live = live_columns(lowrank[2], membrane[0, 0].numel(), LIVE_SCAN_MAX)
+        if live is not None:
+            return _live_scan(live, membrane, spikes, beta, threshold, lowrank, out,
+                              dict(reset=reset, spiking=spiking, rule=rule, normalize=normalize,
+                                   direction=direction, keep=keep, base=base, P=P, N=N))
     dt = membrane.dtype
     np_dt = _np_float(dt)
     B = membrane.shape[1]
@@ -776,6 +789,115 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
         np_dt(rule.epsilon), np_dt(rule.alpha), np_dt(rule.beta), np_dt(NORM_FLOOR), np_dt(1.0),
         *lr, *_scratch(v_np.shape[1], np_dt),
     )
+    return out
+
+
+LIVE_SCAN_MAX = 0.4  # largest share of live neurons at which the scan gathers them (measured)
+LIVE_MIN = 1 << 16   # neuron-steps below which no scan or product looks for silent columns
+
+
+def live_columns(x: Tensor, cols: int, most: float) -> Optional[Tensor]:
+    """The indices (int64) of the columns of ``x`` (as rows ``[-1, cols]``, uint8/bool on the
+    CPU) that hold a nonzero entry, when they are at most ``most`` of the ``cols`` columns and
+    ``x`` is large enough to gain from leaving the others out (``LIVE_MIN``); else None."""
+    if (not HAVE_NUMBA or x.device.type != "cpu" or x.dtype not in (torch.uint8, torch.bool)
+            or x.numel() < LIVE_MIN or cols < 2):
+        return None
+    seen = np.zeros(cols, np.uint8)
+    _or_rows(_flat(x, cols), seen)
+    live = np.flatnonzero(seen)
+    return torch.from_numpy(live) if live.size <= most * cols else None
+
+
+def _or_rows(x, seen):  # pragma: no cover - compiled by numba
+    """seen |= every row of x (``x`` [R, N] uint8)."""
+    for r in range(x.shape[0]):
+        row = x[r]
+        for j in range(seen.shape[0]):
+            seen[j] |= row[j]
+
+
+def _gather_cols(a, idx, out):  # pragma: no cover - compiled by numba
+    """out[r, k] = a[r, idx[k]] for every row r."""
+    for r in range(a.shape[0]):
+        row = a[r]
+        o = out[r]
+        for k in range(idx.shape[0]):
+            o[k] = row[idx[k]]
+
+
+def _gather_two(a, b, idx, ao, bo):  # pragma: no cover - compiled by numba
+    """:func:`_gather_cols` of two arrays with the same rows (v and s) in one pass."""
+    for r in range(a.shape[0]):
+        ra, rb = a[r], b[r]
+        oa, ob = ao[r], bo[r]
+        for k in range(idx.shape[0]):
+            j = idx[k]
+            oa[k] = ra[j]
+            ob[k] = rb[j]
+
+
+def _scatter_cols(c, idx, out):  # pragma: no cover - compiled by numba
+    """out[r] = 0, then out[r, idx[k]] = c[r, k] for every row r."""
+    for r in range(out.shape[0]):
+        o = out[r]
+        o[:] = 0
+        row = c[r]
+        for k in range(idx.shape[0]):
+            o[idx[k]] = row[k]
+
+
+if HAVE_NUMBA:
+    _or_rows = numba.njit(**_JIT)(_or_rows)
+    _gather_cols = numba.njit(**_JIT)(_gather_cols)
+    _gather_two = numba.njit(**_JIT)(_gather_two)
+    _scatter_cols = numba.njit(**_JIT)(_scatter_cols)
+
+
+def _live_scan(live: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, lowrank, out,
+               scan: dict):
+    """:func:`reverse_scan` on the ``live`` neurons only (see there): v, s, the gate x, the layer
+    above's W columns, per-neuron beta and theta and the rule's sums gathered; the results
+    scattered into ``out`` (zeros for the silent neurons)."""
+    B, Nn, A = membrane.shape[1], membrane[0, 0].numel(), live.numel()
+    idx = live.numpy()
+
+    def g(a, steps=True):  # [T', B, *out] -> [T', B, A]; [B, *out] -> [B, A] without steps
+        if a is None:
+            return None
+        res = torch.empty(a.numel() // Nn * A, dtype=torch.uint8 if a.dtype == torch.bool else a.dtype)
+        _gather_cols(_flat(a, Nn), idx, res.reshape(-1, A).numpy())
+        return res.reshape((-1, B, A) if steps else (B, A))
+
+    def param(p):  # beta or theta: one value as it is, else per neuron of [B, *out]
+        t = torch.as_tensor(p, dtype=membrane.dtype)
+        return p if t.numel() == 1 else g(t.expand(membrane.shape[1:]), steps=False)
+
+    if out is None:
+        out = scan_outputs(membrane, 2 if scan["rule"].name == "alphabeta" else 1, scan["keep"],
+                           False)
+    if A == 0:  # a silent layer: n = 0 everywhere, the sums stay as they are
+        for dst in out[0] or ():
+            dst.zero_()
+        return out
+    n_up, W_up, x_up, m = lowrank
+    W_c = W_up.detach().reshape(W_up.shape[0], -1).index_select(1, live)
+    part = {k: g(a, a.dim() == membrane.dim()) for k, a in scan.items()
+            if k in ("base", "P", "N") and a is not None}
+    v_c = torch.empty((*membrane.shape[:2], A), dtype=membrane.dtype)
+    s_c = torch.empty(v_c.shape, dtype=torch.uint8 if spikes.dtype == torch.bool else spikes.dtype)
+    _gather_two(_flat(membrane, Nn), _flat(spikes, Nn), idx, v_c.reshape(-1, A).numpy(),
+                s_c.reshape(-1, A).numpy())
+    same = (x_up.data_ptr() == spikes.data_ptr() and x_up.numel() == spikes.numel()
+            and x_up.element_size() == spikes.element_size() and x_up.is_contiguous()
+            and spikes.is_contiguous())  # the gate is this layer's spikes: gathered once
+    res = reverse_scan(None, v_c, s_c, param(beta), param(threshold), details=False,
+                       lowrank=(n_up, W_c, s_c if same else g(x_up), m), skip_silent=False,
+                       **{**scan, **part})
+    for dst, src in zip(out[0] or (), res[0] or ()):
+        _scatter_cols(src.reshape(-1, A).numpy(), idx, dst.reshape(-1, Nn).numpy())
+    for dst, src in zip(out[1] or (), res[1] or ()):
+        dst.reshape(B, Nn).index_add_(1, live, src)
     return out
 
 

@@ -22,6 +22,31 @@ import torch.nn.functional as Fn
 Tensor = torch.Tensor
 
 
+# live_correlate skips silent rows for products of LIVE_MIN_MACS multiply-adds or more (below,
+# the gathering costs more than it saves) with at most LIVE_MAX of the rows live (README: measured)
+LIVE_MIN_MACS = 1 << 24
+LIVE_MAX = 0.6
+
+
+def live_correlate(n: Tensor, x: Tensor) -> Tensor:
+    """``n^T x`` for ``n`` ``[R, J]``, ``x`` ``[R, K]``, computing only the rows of the result
+    whose column of ``n`` is not zero throughout: a neuron that never spiked in the batch gets no
+    LFP feedback (its n is 0 at every step), and its row of the correlation is 0 without a
+    product. On CPU (no gradient, finite ``x``, at least ``LIVE_MIN_MACS`` multiply-adds) when
+    at most ``LIVE_MAX`` of the J columns are live; the computed rows are the same dot products
+    as the whole product's (BLAS may sum a product of fewer rows in another order: equal to
+    float rounding), the others are 0."""
+    if (n.device.type != "cpu" or n.numel() * x.shape[1] < LIVE_MIN_MACS or x.dtype != n.dtype
+            or (torch.is_grad_enabled() and (n.requires_grad or x.requires_grad))):
+        return n.t() @ x
+    live = (n.abs().sum(0) != 0).nonzero().squeeze(1)  # a NaN column counts as live
+    # a finite sum means a finite x (inf and NaN survive a sum; an overflow only falls back)
+    if live.numel() > LIVE_MAX * n.shape[1] or not bool(torch.isfinite(x.sum())):
+        return n.t() @ x
+    out = torch.zeros((n.shape[1], x.shape[1]), dtype=n.dtype)
+    return out.index_copy_(0, live, n.index_select(1, live).t() @ x)
+
+
 class LinearOps(NamedTuple):
     """Dense synapses: x [..., N_in], W [N_out, N_in]."""
 
@@ -33,7 +58,7 @@ class LinearOps(NamedTuple):
         return torch.matmul(n, W) if out is None else torch.matmul(n, W, out=out)
 
     def correlate(self, n: Tensor, x: Tensor, W_shape: Tuple[int, ...]) -> Tensor:
-        return n.reshape(-1, n.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+        return live_correlate(n.reshape(-1, n.shape[-1]), x.reshape(-1, x.shape[-1]))
 
     def bias_sum(self, n: Tensor) -> Tensor:
         return n.reshape(-1, n.shape[-1]).sum(0)

@@ -1,0 +1,260 @@
+"""Silent neurons left out of the LFP backward (CPU): a neuron that never spiked in the batch
+gets no feedback (its r_t is 0 at every step, so F, c and n are 0), so
+
+- ``synapse.live_correlate`` computes only the rows of n^T x whose column of n is not all zero,
+- ``fused.reverse_scan`` (kernel-made feedback) scans only the neurons whose gate ever opened.
+
+The scan must give exactly the numbers of the whole scan (the same per-neuron arithmetic in the
+same order) for every rule, scope, reset and parameter shape; the correlation the same dot
+products (BLAS may sum a smaller product in another order: equal to rounding) and exact zero
+rows. Both fall back to the whole computation where skipping could change a result (gradients,
+non-finite input).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spikelfp import LFP
+import spikelfp.nn as snn
+from spikelfp.core import fused, synapse
+from spikelfp.core.rules import RULES, make_rule
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture
+def small(monkeypatch):
+    """Skipping switched on for this test's small products (it starts at LIVE_MIN_MACS)."""
+    monkeypatch.setattr(synapse, "LIVE_MIN_MACS", 0)
+
+
+def _silent_columns(g, n, cols, live_share):
+    """n with all but about ``live_share`` of its columns (last dim) set to 0."""
+    dead = torch.rand(cols, generator=g) > live_share
+    n[..., dead] = 0
+    return n, (~dead).nonzero().squeeze(1)
+
+
+# --- the correlation -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("live_share", [0.0, 0.1, 0.5])
+def test_live_correlate_equals_the_whole_product(dtype, live_share, small):
+    g = torch.Generator().manual_seed(1)
+    n, live = _silent_columns(g, torch.randn(40, 30, generator=g, dtype=dtype), 30, live_share)
+    x = torch.randn(40, 17, generator=g, dtype=dtype)
+    got = synapse.live_correlate(n, x)
+    want = n.t() @ x
+    assert got.shape == want.shape and got.dtype == dtype
+    # the same dot products; BLAS may sum a product of fewer rows in another order
+    tol = 1e-6 if dtype == torch.float32 else 1e-14
+    assert (got - want).abs().max() <= tol * want.abs().max()
+    dead = torch.ones(30, dtype=torch.bool)
+    dead[live] = False
+    assert torch.count_nonzero(got[dead]) == 0
+    if live.numel():
+        assert torch.count_nonzero(got[live]) == live.numel() * 17
+
+
+def test_live_correlate_computes_only_the_live_rows(monkeypatch, small):
+    """The product it runs has as many rows as there are live columns (not all of them)."""
+    g = torch.Generator().manual_seed(2)
+    n, live = _silent_columns(g, torch.randn(16, 50, generator=g), 50, 0.2)
+    x = torch.randn(16, 8, generator=g)
+    seen = []
+    real = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        seen.append(tuple(a.shape))
+        return real(a, b)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    synapse.live_correlate(n, x)
+    assert seen == [(live.numel(), 16)]
+    # the whole product above LIVE_MAX live columns, and below LIVE_MIN_MACS multiply-adds
+    monkeypatch.setattr(synapse, "LIVE_MAX", 0.9 * live.numel() / 50)
+    synapse.live_correlate(n, x)
+    monkeypatch.setattr(synapse, "LIVE_MAX", 1.0)
+    monkeypatch.setattr(synapse, "LIVE_MIN_MACS", 16 * 50 * 8 + 1)
+    synapse.live_correlate(n, x)
+    assert seen[1:] == [(50, 16), (50, 16)]
+
+
+def test_live_correlate_falls_back_where_skipping_could_change_the_result(small):
+    g = torch.Generator().manual_seed(3)
+    n, _ = _silent_columns(g, torch.randn(12, 20, generator=g), 20, 0.3)
+    x = torch.randn(12, 5, generator=g)
+    # a non-finite input: 0 * inf is NaN in the whole product, so nothing is skipped
+    x_bad = x.clone()
+    x_bad[3, 1] = float("inf")
+    assert torch.equal(synapse.live_correlate(n, x_bad).isnan(), (n.t() @ x_bad).isnan())
+    assert synapse.live_correlate(n, x_bad).isnan().any()
+    # a NaN in n keeps its column (a NaN row in the result, as in the product)
+    n_nan = n.clone()
+    col = int((n.abs().sum(0) == 0).nonzero()[0])
+    n_nan[5, col] = float("nan")
+    assert synapse.live_correlate(n_nan, x)[col].isnan().all()
+    # with a gradient: the plain product (autograd sees it)
+    w = n.clone().requires_grad_(True)
+    out = synapse.live_correlate(w, x)
+    out.sum().backward()
+    assert torch.allclose(w.grad, x.sum(1, keepdim=True).expand(12, 20))
+
+
+def test_linear_ops_correlate_skips_silent_rows_for_sequences(small):
+    """``LinearOps.correlate`` over [T, B, N] rows: the same numbers as the flat product."""
+    g = torch.Generator().manual_seed(4)
+    n, _ = _silent_columns(g, torch.randn(5, 3, 40, generator=g), 40, 0.25)
+    x = torch.randn(5, 3, 9, generator=g)
+    got = synapse.LinearOps().correlate(n, x, (40, 9))
+    want = n.reshape(-1, 40).t() @ x.reshape(-1, 9)
+    assert (got - want).abs().max() <= 1e-6 * want.abs().max()
+    assert torch.count_nonzero(got[n.reshape(-1, 40).abs().sum(0) == 0]) == 0
+
+
+# --- the reverse scan ------------------------------------------------------------------------
+
+def _scan_inputs(g, T, B, out_shape, K, live_share, dtype=torch.float64):
+    Nn = 1
+    for d in out_shape:
+        Nn *= d
+    v = torch.randn(T, B, *out_shape, generator=g, dtype=dtype) + 0.3
+    s = (v > 0.8).to(torch.uint8)
+    dead = torch.rand(Nn, generator=g) > live_share
+    s.view(T, B, Nn)[..., dead] = 0  # silent neurons: their spikes (the gate above) are all 0
+    n_up = torch.randn(T, B, K, generator=g, dtype=dtype)
+    W_up = torch.randn(K, Nn, generator=g, dtype=dtype)
+    return v, s, n_up, W_up, dead
+
+
+def _both(monkeypatch, r_args, kw):
+    """The scan with silent neurons left out (forced on at this size) and the whole scan."""
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    monkeypatch.setattr(fused, "LIVE_SCAN_MAX", 1.0)
+    taken = []
+    real = fused._live_scan
+
+    def spy(live, *a, **k):
+        taken.append(live.numel())
+        return real(live, *a, **k)
+    monkeypatch.setattr(fused, "_live_scan", spy)
+    skip = fused.reverse_scan(*r_args, **kw)
+    whole = fused.reverse_scan(*r_args, **kw, skip_silent=False)
+    return skip, whole, taken
+
+
+def _assert_same(skip, whole):
+    for part in (0, 1):
+        if whole[part] is None:
+            assert skip[part] is None
+            continue
+        for a, b in zip(skip[part], whole[part]):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("normalize", ["step", "sample", None])
+@pytest.mark.parametrize("keep", [True, False])
+def test_scan_without_silent_neurons_equals_the_whole_scan(rule, normalize, keep, monkeypatch):
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(len(rule) + 7 * keep)
+    T, B, Nn, K = 7, 4, 60, 10
+    v, s, n_up, W_up, dead = _scan_inputs(g, T, B, (Nn,), K, 0.4)
+    extra = {}
+    if rule == "zplus_zminus":
+        extra["base"] = torch.rand(T, B, Nn, generator=g, dtype=torch.float64) + 0.1
+    if rule == "alphabeta":  # a constant input: P, N per sample and neuron
+        extra["P"] = torch.rand(B, Nn, generator=g, dtype=torch.float64)
+        extra["N"] = -torch.rand(B, Nn, generator=g, dtype=torch.float64)
+    beta = torch.rand(Nn, generator=g, dtype=torch.float64) * 0.5 + 0.4  # one per neuron
+    kw = dict(reset="zero", spiking=True, rule=make_rule(rule), normalize=normalize,
+              direction=False, keep=keep, details=False, lowrank=(n_up, W_up, s, None), **extra)
+    skip, whole, taken = _both(monkeypatch, (None, v, s, beta, 1.0), kw)
+    assert taken == [int((~dead).sum())]
+    _assert_same(skip, whole)
+    res = whole[0][0] if keep else whole[1][0]
+    assert res.abs().max() > 0
+    assert torch.count_nonzero(res[..., dead]) == 0
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_scan_without_silent_neurons_for_a_layer_of_several_dims(reset, monkeypatch):
+    """A layer with [C, H, W] neurons under a linear layer (through a flatten), float32, one
+    threshold per neuron, the "layer" max passed in, and a gate that is not the spikes."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(11)
+    T, B, shape, K = 5, 3, (2, 4, 5), 13
+    v, s, n_up, W_up, dead = _scan_inputs(g, T, B, shape, K, 0.3, dtype=torch.float32)
+    x_up = s.reshape(T, B, -1).clone()
+    x_up[2, 1, ~dead] = 0  # a different tensor with the same silent neurons
+    theta = torch.rand(shape, generator=g) + 0.5
+    kw = dict(reset=reset, spiking=True, rule=make_rule("epsilon"), normalize=None,
+              direction=False, keep=True, details=False, lowrank=(n_up, W_up, x_up, 2.5))
+    skip, whole, taken = _both(monkeypatch, (None, v, s, 0.85, theta), kw)
+    assert taken == [int((~dead).sum())]
+    _assert_same(skip, whole)
+
+
+def test_a_silent_layer_gets_zero_feedback(monkeypatch):
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(5)
+    v, s, n_up, W_up, _ = _scan_inputs(g, 4, 2, (30,), 10, 0.0)
+    assert s.sum() == 0
+    for keep in (True, False):
+        kw = dict(reset="zero", spiking=True, rule=make_rule("epsilon"), normalize="step",
+                  direction=False, keep=keep, details=False, lowrank=(n_up, W_up, s, None))
+        skip, whole, taken = _both(monkeypatch, (None, v, s, 0.9, 1.0), kw)
+        assert taken[-1] == 0
+        _assert_same(skip, whole)
+
+
+def test_no_skipping_above_the_share_or_for_small_layers(monkeypatch):
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    g = torch.Generator().manual_seed(6)
+    x = torch.zeros(4, 3, 100, dtype=torch.uint8)
+    x[..., :30] = (torch.rand(4, 3, 30, generator=g) > 0.5).to(torch.uint8)
+    x[0, 0, :30] = 1
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    assert torch.equal(fused.live_columns(x, 100, 0.4), torch.arange(30))
+    assert fused.live_columns(x, 100, 0.25) is None  # 30 % live: above the share
+    assert fused.live_columns(x.float(), 100, 0.4) is None  # only compact spikes are scanned
+    monkeypatch.setattr(fused, "LIVE_MIN", x.numel() + 1)
+    assert fused.live_columns(x, 100, 0.4) is None  # too small to gain
+
+
+def test_lfp_updates_equal_with_and_without_skipping(monkeypatch):
+    """End to end: an LFP step of a 3-layer net whose hidden layers have silent neurons gives
+    the same updates with silent neurons skipped (forced on at this size) and without."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    torch.manual_seed(0)
+    net = snn.Sequential(snn.LIFLinear(20, 40, dtype=torch.float64),
+                         snn.LIFLinear(40, 30, dtype=torch.float64),
+                         snn.LIFLinear(30, 4, dtype=torch.float64))
+    with torch.no_grad():
+        for _, m in net.synaptic_layers():
+            m.weight.mul_(2.5)
+        net[0].weight[:25].mul_(-1).sub_(1.0)  # 25 of 40 neurons of the first layer silent
+    x = torch.rand(6, 20, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 1, 0])
+    lfp = LFP(net)
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    monkeypatch.setattr(fused, "LIVE_SCAN_MAX", 1.0)
+    calls = []
+    real = fused._live_scan
+    monkeypatch.setattr(fused, "_live_scan", lambda live, *a, **k: calls.append(live.numel())
+                        or real(live, *a, **k))
+    skip = lfp.compute(x, y, steps=8).grads
+    assert calls and min(calls) <= 15
+    monkeypatch.setattr(fused, "LIVE_SCAN_MAX", 0.0)
+    whole = lfp.compute(x, y, steps=8).grads
+    assert skip.keys() == whole.keys()
+    for k in whole:
+        assert torch.equal(skip[k], whole[k]), k
+    assert torch.count_nonzero(whole["0.weight"][:25]) == 0
+    assert whole["0.weight"][25:].abs().max() > 0
