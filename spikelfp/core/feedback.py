@@ -62,6 +62,9 @@ class LazyFeedback(NamedTuple):
     #: ``(n, W, x)`` when rows(a, b) = x[a:b] * (n[a:b] @ W) (a linear layer above, n ``[T, B, K]``,
     #: compact spikes x): the CPU kernel below then makes each step itself (no rows at all)
     lowrank: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+    #: the columns of x that hold a spike, x gathered to them (:func:`fused.gather_live`), where
+    #: the layer above has found them: the scan below then leaves the others out
+    live: Optional[fused.LiveColumns] = None
 
     def materialize(self) -> Tensor:
         """The whole feedback as one tensor."""
@@ -198,7 +201,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     direction = temporal == "direction"
 
     # The only [T, B, *out]-sized precomputes are the ones that need a matrix multiply.
-    base = P = N = lowrank = None
+    base = P = N = lowrank = live = None
     if name in ("zplus_zminus", "alphabeta") and not x.is_floating_point():
         x = x.to(dt)  # compact (uint8) spikes from the layer below: these rules need sign and abs
     if name == "zplus_zminus":  # sum of |contributions| other than the temporal one, + eps
@@ -252,24 +255,38 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
         n_sum = totals[0]
         if const:  # scale the [B, *out] sum rather than the weight-sized G
             n_sum, scale = n_sum * scale, 1.0
-        G_W = fused.abs_mul_(correlate_any(ops, n_sum, x, W.shape, dt), W)
+        compact_linear = (not const and x.dtype in (torch.uint8, torch.bool)
+                          and isinstance(ops, LinearOps))
+        # a kernel below that will leave silent inputs out: find them (and gather x) here, once
+        live = fused.gather_live(x, fused.LIVE_SCAN_MAX) \
+            if need_below and lazy_below and compact_linear and max_reduce is None else None
+        G_W = fused.abs_mul_(_correlate_live(ops, n_sum, x, W.shape, dt, live), W)
         if scale != 1.0:
             G_W.mul_(scale)
         G_b = b.abs() * ops.bias_sum(n_sum) * scale if b is not None else None
         if need_below:
             below = _below_linear(ops, bufs[0], W, x, const)
-            if not const and x.dtype in (torch.uint8, torch.bool) and isinstance(ops, LinearOps):
+            if compact_linear:
                 lowrank = (bufs[0], W, x)
     if need_below:
         T = membrane.shape[0]
-        below = LazyFeedback(below, (T, *x.shape) if const else tuple(x.shape), lowrank) \
-            if lazy_below else below(0, T)
+        below = LazyFeedback(below, (T, *x.shape) if const else tuple(x.shape), lowrank,
+                             live) if lazy_below else below(0, T)
     else:
         below = None
 
     if not details:
         return LayerFeedback(G_W, G_b, below)
     return LayerFeedback(G_W, G_b, below, F_buf, c_buf, tuple(bufs) if ab else bufs[0])
+
+
+def _correlate_live(ops, n: Tensor, x: Tensor, W_shape, dtype, live) -> Tensor:
+    """:func:`correlate_any`; with ``live`` (:class:`fused.LiveColumns` of x) over the gathered
+    columns only, the others 0 (each column of the correlation is its own sum over rows)."""
+    if live is None or not live.index.numel():
+        return correlate_any(ops, n, x, W_shape, dtype)
+    part = correlate_any(ops, n, live.x, (W_shape[0], live.index.numel()), dtype)
+    return torch.zeros(W_shape, dtype=part.dtype).index_copy_(1, live.index, part)
 
 
 def _below_linear(ops, n: Tensor, W: Tensor, x: Tensor, const: bool):
@@ -334,7 +351,7 @@ def _chunked_scan(r: LazyFeedback, membrane, spikes, beta, threshold, normalize,
     if r.lowrank is not None and membrane.device.type == "cpu" and fused.usable(membrane, max_reduce):
         # the kernel makes r_t from the layer above's n_t, W and x_t itself: one call, no rows
         return _scan(None, membrane, spikes, beta, threshold, normalize, max_reduce, scan,
-                     out=out, lowrank=(*r.lowrank, m))
+                     out=out, lowrank=(*r.lowrank, m), live=r.live)
     carry = torch.zeros_like(membrane[0])
     # beta and theta per neuron made once here, not again by every chunk's scan
     beta, threshold = (torch.as_tensor(p, dtype=membrane.dtype, device=membrane.device)

@@ -42,7 +42,7 @@ M = B * neurons, sample-major (the layout of ``[T, B, *out]``).
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -705,7 +705,8 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
                  spiking: bool, rule, normalize: Optional[str], direction: bool, keep: bool,
                  details: bool, base: Optional[Tensor] = None, P: Optional[Tensor] = None,
                  N: Optional[Tensor] = None, out=None, carry: Optional[Tensor] = None,
-                 stop: int = 0, lowrank=None, skip_silent: bool = True):
+                 stop: int = 0, lowrank=None, skip_silent: bool = True,
+                 live: Optional["LiveColumns"] = None):
     """Run the fused reverse scan (see the module docstring). ``r``, ``membrane``, ``spikes``:
     ``[T, B, *out]`` (spikes uint8, bool or float); ``base``: the z+z- sum ``sum |W||x| + eps (+ |b|)``,
     ``P``/``N``: the alphabeta sums of positive/negative contributions (each ``[T, B, *out]`` or a
@@ -727,7 +728,9 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     sample (a neuron that never spiked) are left out when they are at most ``LIVE_SCAN_MAX`` of
     the layer: their r_t is 0 at every step, so F_t, c_t and n_t are 0 (F / D with D > 0 for
     every rule), and they do not change a max; the others are scanned on gathered copies and
-    give the same numbers as the whole scan (see :func:`_live_scan`).
+    give the same numbers as the whole scan (see :func:`_live_scan`). ``live``: those neurons
+    (and the gate x gathered to them) where the caller has found them already
+    (:func:`gather_live`).
 
     Returns ``(n, sums, F, c)``: ``n`` a list of ``[T, B, *out]`` tensors (one, or (n+, n-) for
     alphabeta) when ``keep``, else None; ``sums`` the list of sum_t n_t ``[B, *out]`` when not
@@ -747,7 +750,9 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     if not HAVE_NUMBA:  # pragma: no cover
         raise RuntimeError("the fused reverse scan needs numba; check spikelfp.core.fused.usable first")
     if lowrank is not None and skip_silent and carry is None and stop == 0 and not details:
-        live = live_columns(lowrank[2], membrane[0, 0].numel(), LIVE_SCAN_MAX)
+        if live is None:
+            idx = live_columns(lowrank[2], membrane[0, 0].numel(), LIVE_SCAN_MAX)
+            live = None if idx is None else LiveColumns(idx)
         if live is not None:
             return _live_scan(live, membrane, spikes, beta, threshold, lowrank, out,
                               dict(reset=reset, spiking=spiking, rule=rule, normalize=normalize,
@@ -796,11 +801,32 @@ LIVE_SCAN_MAX = 0.4  # largest share of live neurons at which the scan gathers t
 LIVE_MIN = 1 << 16   # neuron-steps below which no scan or product looks for silent columns
 
 
+class LiveColumns(NamedTuple):
+    """The columns of a compact input that hold a spike (``index``, int64, ascending) and, when
+    gathered, the input restricted to them (``x``, ``[..., len(index)]`` uint8, or None)."""
+
+    index: Tensor
+    x: Optional[Tensor] = None
+
+
+def gather_live(x: Tensor, most: float) -> Optional[LiveColumns]:
+    """:func:`live_columns` of a compact ``x`` ``[..., K]`` over its last dim, with x gathered to
+    them (None where :func:`live_columns` gives None)."""
+    K = x.shape[-1]
+    idx = live_columns(x, K, most)
+    if idx is None:
+        return None
+    x_c = torch.empty((*x.shape[:-1], idx.numel()), dtype=torch.uint8)
+    if idx.numel():
+        _gather_cols(_flat(x, K), idx.numpy(), x_c.reshape(-1, idx.numel()).numpy())
+    return LiveColumns(idx, x_c)
+
+
 def live_columns(x: Tensor, cols: int, most: float) -> Optional[Tensor]:
     """The indices (int64) of the columns of ``x`` (as rows ``[-1, cols]``, uint8/bool on the
     CPU) that hold a nonzero entry, when they are at most ``most`` of the ``cols`` columns and
     ``x`` is large enough to gain from leaving the others out (``LIVE_MIN``); else None."""
-    if (not HAVE_NUMBA or x.device.type != "cpu" or x.dtype not in (torch.uint8, torch.bool)
+    if (not enabled() or x.device.type != "cpu" or x.dtype not in (torch.uint8, torch.bool)
             or x.numel() < LIVE_MIN or cols < 2):
         return None
     seen = np.zeros(cols, np.uint8)
@@ -854,13 +880,13 @@ if HAVE_NUMBA:
     _scatter_cols = numba.njit(**_JIT)(_scatter_cols)
 
 
-def _live_scan(live: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, lowrank, out,
-               scan: dict):
-    """:func:`reverse_scan` on the ``live`` neurons only (see there): v, s, the gate x, the layer
-    above's W columns, per-neuron beta and theta and the rule's sums gathered; the results
-    scattered into ``out`` (zeros for the silent neurons)."""
-    B, Nn, A = membrane.shape[1], membrane[0, 0].numel(), live.numel()
-    idx = live.numpy()
+def _live_scan(live: LiveColumns, membrane: Tensor, spikes: Tensor, beta, threshold, lowrank,
+               out, scan: dict):
+    """:func:`reverse_scan` on the ``live`` neurons only (see there): v, s, the gate x (unless
+    ``live`` brings it gathered), the layer above's W columns, per-neuron beta and theta and the
+    rule's sums gathered; the results scattered into ``out`` (zeros for the silent neurons)."""
+    B, Nn, A = membrane.shape[1], membrane[0, 0].numel(), live.index.numel()
+    idx = live.index.numpy()
 
     def g(a, steps=True):  # [T', B, *out] -> [T', B, A]; [B, *out] -> [B, A] without steps
         if a is None:
@@ -881,23 +907,27 @@ def _live_scan(live: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, 
             dst.zero_()
         return out
     n_up, W_up, x_up, m = lowrank
-    W_c = W_up.detach().reshape(W_up.shape[0], -1).index_select(1, live)
+    W_c = W_up.detach().reshape(W_up.shape[0], -1).index_select(1, live.index)
     part = {k: g(a, a.dim() == membrane.dim()) for k, a in scan.items()
             if k in ("base", "P", "N") and a is not None}
-    v_c = torch.empty((*membrane.shape[:2], A), dtype=membrane.dtype)
-    s_c = torch.empty(v_c.shape, dtype=torch.uint8 if spikes.dtype == torch.bool else spikes.dtype)
-    _gather_two(_flat(membrane, Nn), _flat(spikes, Nn), idx, v_c.reshape(-1, A).numpy(),
-                s_c.reshape(-1, A).numpy())
     same = (x_up.data_ptr() == spikes.data_ptr() and x_up.numel() == spikes.numel()
             and x_up.element_size() == spikes.element_size() and x_up.is_contiguous()
             and spikes.is_contiguous())  # the gate is this layer's spikes: gathered once
+    gate = None if live.x is None else live.x.reshape(-1, B, A)
+    if gate is not None and same:
+        v_c, s_c = g(membrane), gate
+    else:
+        v_c = torch.empty((*membrane.shape[:2], A), dtype=membrane.dtype)
+        s_c = torch.empty(v_c.shape, dtype=torch.uint8 if spikes.dtype == torch.bool else spikes.dtype)
+        _gather_two(_flat(membrane, Nn), _flat(spikes, Nn), idx, v_c.reshape(-1, A).numpy(),
+                    s_c.reshape(-1, A).numpy())
+        gate = s_c if same else (g(x_up) if gate is None else gate)
     res = reverse_scan(None, v_c, s_c, param(beta), param(threshold), details=False,
-                       lowrank=(n_up, W_c, s_c if same else g(x_up), m), skip_silent=False,
-                       **{**scan, **part})
+                       lowrank=(n_up, W_c, gate, m), skip_silent=False, **{**scan, **part})
     for dst, src in zip(out[0] or (), res[0] or ()):
         _scatter_cols(src.reshape(-1, A).numpy(), idx, dst.reshape(-1, Nn).numpy())
     for dst, src in zip(out[1] or (), res[1] or ()):
-        dst.reshape(B, Nn).index_add_(1, live, src)
+        dst.reshape(B, Nn).index_add_(1, live.index, src)
     return out
 
 
