@@ -131,7 +131,7 @@ def _scan_inputs(g, T, B, out_shape, K, live_share, dtype=torch.float64):
 def _both(monkeypatch, r_args, kw):
     """The scan with silent neurons left out (forced on at this size) and the whole scan."""
     monkeypatch.setattr(fused, "LIVE_MIN", 0)
-    monkeypatch.setattr(fused, "LIVE_SCAN_MAX", 1.0)
+    monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 1.0)
     taken = []
     real = fused._live_scan
 
@@ -222,17 +222,16 @@ def test_no_skipping_above_the_share_or_for_small_layers(monkeypatch):
     monkeypatch.setattr(fused, "LIVE_MIN", 0)
     assert torch.equal(fused.live_columns(x, 100, 0.4), torch.arange(30))
     assert fused.live_columns(x, 100, 0.25) is None  # 30 % live: above the share
-    assert fused.live_columns(x.float(), 100, 0.4) is None  # only compact spikes are scanned
+    # float input: nonzero columns, NaN counted; other dtypes are not looked at
+    xf = x.double()
+    xf[1, 2, 50] = float("nan")
+    assert torch.equal(fused.live_columns(xf, 100, 0.4), torch.tensor(list(range(30)) + [50]))
+    assert fused.live_columns(x.long(), 100, 0.4) is None
     monkeypatch.setattr(fused, "LIVE_MIN", x.numel() + 1)
     assert fused.live_columns(x, 100, 0.4) is None  # too small to gain
 
 
-def test_lfp_updates_equal_with_and_without_skipping(monkeypatch):
-    """End to end: an LFP step of a 3-layer net whose hidden layers have silent neurons gives
-    the same updates with silent neurons skipped (forced on at this size) and without: the
-    scans and the correlations of the layers above them."""
-    if not fused.HAVE_NUMBA:
-        pytest.skip("numba is not installed")
+def _silent_net():
     torch.manual_seed(0)
     net = snn.Sequential(snn.LIFLinear(20, 40, dtype=torch.float64),
                          snn.LIFLinear(40, 30, dtype=torch.float64),
@@ -241,23 +240,73 @@ def test_lfp_updates_equal_with_and_without_skipping(monkeypatch):
         for _, m in net.synaptic_layers():
             m.weight.mul_(2.5)
         net[0].weight[:25].mul_(-1).sub_(1.0)  # 25 of 40 neurons of the first layer silent
-    x = torch.rand(6, 20, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 1, 0])
+        net[1].weight[:12].mul_(-1).sub_(1.0)  # 12 of 30 of the second
+    return net, torch.rand(6, 20, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 1, 0])
+
+
+def test_lfp_updates_equal_with_and_without_skipping(monkeypatch):
+    """End to end: the LFP backward of a 3-layer net whose hidden layers have silent neurons
+    gives the same updates with silent neurons skipped (forced on at this size) and without:
+    the scans and the correlations of the layers above them."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    net, x, y = _silent_net()
     lfp = LFP(net)
     monkeypatch.setattr(fused, "LIVE_MIN", 0)
-    monkeypatch.setattr(fused, "LIVE_SCAN_MAX", 1.0)
+    monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 1.0)
+    with torch.no_grad():
+        trace = net.run(x, 8, compact=True)
+    assert [r.live is not None for r in trace.records] == [False, False, True]  # the narrow one
     calls = []
     real = fused._live_scan
     monkeypatch.setattr(fused, "_live_scan", lambda live, *a, **k: calls.append(
         (live.index.numel(), live.x is not None)) or real(live, *a, **k))
-    skip = lfp.compute(x, y, steps=8).grads
-    # both hidden layers scanned on their live neurons, with the gate gathered by the layer above
-    # (whose correlation then ran over those columns only)
-    assert len(calls) == 2 and calls[-1][0] <= 15 and all(g for _, g in calls)
-    monkeypatch.setattr(fused, "LIVE_SCAN_MAX", 0.0)
-    whole = lfp.compute(x, y, steps=8).grads
-    assert skip.keys() == whole.keys()
+    skip = lfp.backward(trace, y).grads
+    # both hidden layers scanned on their live neurons, with the gate gathered by the forward or
+    # the layer above (whose correlation then ran over those columns only)
+    live = [int((r.spikes.reshape(-1, r.spikes.shape[-1]).amax(0) > 0).sum())
+            for r in trace.records[:2]]
+    assert live[0] <= 15 and live[1] <= 18
+    assert sorted(calls) == sorted((n, True) for n in live)
+    monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 0.0)
+    plain = trace._replace(records=[r._replace(live=None) for r in trace.records])
+    whole = lfp.backward(plain, y).grads
+    assert len(calls) == 2 and skip.keys() == whole.keys()
     for k in whole:
         assert torch.equal(skip[k], whole[k]), k
     assert torch.count_nonzero(whole["0.weight"][:25]) == 0
     assert whole["0.weight"][25:].abs().max() > 0
+
+
+def test_forward_over_live_columns(monkeypatch):
+    """A narrow layer's no-grad forward over the live columns of its input: the current agrees
+    with the whole product to rounding, the spikes are equal, compact and float records give
+    the same numbers bit for bit, and nothing is left out with a gradient or non-finite weights."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    net, x, _ = _silent_net()
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 1.0)
+    with torch.no_grad():
+        live_c = net.run(x, 8, compact=True)
+        live_f = net.run(x, 8)
+        h = live_c.records[2].x
+        monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 0.0)
+        whole = net.run(x, 8, compact=True)
+    h_live = int((h.reshape(-1, 30).amax(0) > 0).sum())
+    assert h_live <= 18 and live_c.records[2].live.index.numel() == h_live
+    assert whole.records[2].live is None
+    assert torch.equal(live_c.records[2].live.x, h[..., live_c.records[2].live.index])
+    for a, b in zip(live_c.records, whole.records):
+        assert torch.equal(a.spikes, b.spikes)
+        assert (a.membrane - b.membrane).abs().max() <= 1e-14 * b.membrane.abs().max()
+    for a, b in zip(live_c.records, live_f.records):
+        assert torch.equal(a.membrane, b.membrane)
+        assert torch.equal(a.spikes.to(b.spikes.dtype), b.spikes)
+    layer = net[2]
+    monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 1.0)
+    assert layer.live_input(h) is None  # a gradient may be taken: the plain product
+    with torch.no_grad():
+        assert layer.live_input(h) is not None
+        layer.weight[0, 0] = float("inf")
+        assert layer.live_input(h) is None

@@ -158,6 +158,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     details: bool = False,
     max_reduce=None,
     lazy_below: bool = False,
+    x_live: Optional[fused.LiveColumns] = None,
 ) -> LayerFeedback:
     """Propagate the feedback ``r`` (arriving at this layer's output, ``[T, B, *out]``) through a
     synaptic layer (Linear/Conv2d + LIF, or + ReLU when ``spiking=False``).
@@ -170,7 +171,10 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     scopes (an all-reduce MAX across processes in data-parallel training). ``r`` may be a
     :class:`LazyFeedback` (then the scan runs in chunks of steps, each chunk of r made just before
     it is read, carrying c across chunks: the same numbers without a whole r), and
-    ``lazy_below=True`` returns the feedback below as one. Returns :class:`LayerFeedback`.
+    ``lazy_below=True`` returns the feedback below as one. ``x_live``: the columns of a sequence
+    ``x`` that hold a spike, x gathered to them (the record's ``live``, where the forward found
+    them): G_W is then correlated over them only (the others are 0), and a lazy feedback below
+    carries them to the scan of the layer below. Returns :class:`LayerFeedback`.
 
     The reverse scan over t runs as compiled kernels (:mod:`spikelfp.core.fused`: numba on CPU,
     Triton on CUDA) on float32/float64 tensors without ``max_reduce``; otherwise (no numba or
@@ -257,9 +261,11 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
             n_sum, scale = n_sum * scale, 1.0
         compact_linear = (not const and x.dtype in (torch.uint8, torch.bool)
                           and isinstance(ops, LinearOps))
-        # a kernel below that will leave silent inputs out: find them (and gather x) here, once
-        live = fused.gather_live(x, fused.LIVE_SCAN_MAX) \
-            if need_below and lazy_below and compact_linear and max_reduce is None else None
+        # a kernel below that will leave silent inputs out: find them (and gather x) here, once,
+        # unless the forward has
+        live = x_live if not const else None
+        if live is None and need_below and lazy_below and compact_linear and max_reduce is None:
+            live = fused.gather_live(x, fused.LIVE_GATHER_MAX)
         G_W = fused.abs_mul_(_correlate_live(ops, n_sum, x, W.shape, dt, live), W)
         if scale != 1.0:
             G_W.mul_(scale)
@@ -271,7 +277,7 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
     if need_below:
         T = membrane.shape[0]
         below = LazyFeedback(below, (T, *x.shape) if const else tuple(x.shape), lowrank,
-                             live) if lazy_below else below(0, T)
+                             live if lowrank is not None else None) if lazy_below else below(0, T)
     else:
         below = None
 

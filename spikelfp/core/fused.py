@@ -246,7 +246,8 @@ def _eight_rows(g, n, r0, rb, j, buf, zero):  # pragma: no cover - compiled by n
                  + ((a4 * b4[k] + a5 * b5[k]) + (a6 * b6[k] + a7 * b7[k])))
 
 
-def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
+def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor],
+                  live: Optional[LiveColumns] = None) -> Tensor:
     """``x @ W.T + b`` for a layer with few outputs (W ``[J, K]``, J <= ``NARROW_MAX``; x
     ``[..., K]``, float or compact 0/1 uint8/bool) in W's dtype; see :func:`narrow_usable`.
 
@@ -254,7 +255,13 @@ def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor]) -> Tensor:
     is read once against ten rows of W held in registers (:func:`_ten_dots`); a compact row is
     first converted into a float row, so that float and compact input of the same values run the
     same compiled code and give the same numbers, bit for bit. The sums are in the kernel's own
-    order (vectorized partial sums): they agree with torch's to float rounding."""
+    order (vectorized partial sums): they agree with torch's to float rounding.
+
+    ``live`` (:func:`gather_live` of x): the columns of x that are not all 0, and x gathered to
+    them: the products run over those columns only (the others add nothing; the sums then take
+    another order)."""
+    if live is not None:
+        x, W = live.x, W.detach().index_select(1, live.index)
     J, K = W.shape
     rows = _flat(x, K)
     Wp = _pad_ten(W, 0)  # zero rows of W (and bias) up to a multiple of ten: columns dropped
@@ -725,7 +732,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
 
     With ``lowrank`` (a whole scan: no ``carry``, ``stop`` 0, no ``details``) and
     ``skip_silent``, the neurons whose input to the layer above is 0 at every step and in every
-    sample (a neuron that never spiked) are left out when they are at most ``LIVE_SCAN_MAX`` of
+    sample (a neuron that never spiked) are left out when they are at most ``LIVE_GATHER_MAX`` of
     the layer: their r_t is 0 at every step, so F_t, c_t and n_t are 0 (F / D with D > 0 for
     every rule), and they do not change a max; the others are scanned on gathered copies and
     give the same numbers as the whole scan (see :func:`_live_scan`). ``live``: those neurons
@@ -751,7 +758,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
         raise RuntimeError("the fused reverse scan needs numba; check spikelfp.core.fused.usable first")
     if lowrank is not None and skip_silent and carry is None and stop == 0 and not details:
         if live is None:
-            idx = live_columns(lowrank[2], membrane[0, 0].numel(), LIVE_SCAN_MAX)
+            idx = live_columns(lowrank[2], membrane[0, 0].numel(), LIVE_GATHER_MAX)
             live = None if idx is None else LiveColumns(idx)
         if live is not None:
             return _live_scan(live, membrane, spikes, beta, threshold, lowrank, out,
@@ -797,7 +804,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     return out
 
 
-LIVE_SCAN_MAX = 0.4  # largest share of live neurons at which the scan gathers them (measured)
+LIVE_GATHER_MAX = 0.4  # largest share of live columns at which kernels gather them (measured)
 LIVE_MIN = 1 << 16   # neuron-steps below which no scan or product looks for silent columns
 
 
@@ -810,37 +817,47 @@ class LiveColumns(NamedTuple):
 
 
 def gather_live(x: Tensor, most: float) -> Optional[LiveColumns]:
-    """:func:`live_columns` of a compact ``x`` ``[..., K]`` over its last dim, with x gathered to
-    them (None where :func:`live_columns` gives None)."""
+    """:func:`live_columns` of ``x`` ``[..., K]`` over its last dim, with x gathered to them
+    (uint8 for compact x; None where :func:`live_columns` gives None)."""
     K = x.shape[-1]
     idx = live_columns(x, K, most)
     if idx is None:
         return None
-    x_c = torch.empty((*x.shape[:-1], idx.numel()), dtype=torch.uint8)
+    x_c = torch.empty((*x.shape[:-1], idx.numel()),
+                      dtype=x.dtype if x.is_floating_point() else torch.uint8)
     if idx.numel():
         _gather_cols(_flat(x, K), idx.numpy(), x_c.reshape(-1, idx.numel()).numpy())
     return LiveColumns(idx, x_c)
 
 
 def live_columns(x: Tensor, cols: int, most: float) -> Optional[Tensor]:
-    """The indices (int64) of the columns of ``x`` (as rows ``[-1, cols]``, uint8/bool on the
-    CPU) that hold a nonzero entry, when they are at most ``most`` of the ``cols`` columns and
-    ``x`` is large enough to gain from leaving the others out (``LIVE_MIN``); else None."""
-    if (not enabled() or x.device.type != "cpu" or x.dtype not in (torch.uint8, torch.bool)
-            or x.numel() < LIVE_MIN or cols < 2):
+    """The indices (int64) of the columns of ``x`` (as rows ``[-1, cols]``; compact uint8/bool,
+    or float32/float64 on the CPU) that hold a nonzero entry (NaN counts), when they are at most
+    ``most`` of the ``cols`` columns and ``x`` is large enough to gain from leaving the others
+    out (``LIVE_MIN``); else None."""
+    if (not enabled() or x.device.type != "cpu" or x.numel() < LIVE_MIN or cols < 2 or x.dtype
+            not in (torch.uint8, torch.bool, torch.float32, torch.float64)):
         return None
     seen = np.zeros(cols, np.uint8)
-    _or_rows(_flat(x, cols), seen)
+    (_or_nonzero_rows if x.is_floating_point() else _or_rows)(_flat(x, cols), seen)
     live = np.flatnonzero(seen)
     return torch.from_numpy(live) if live.size <= most * cols else None
 
 
 def _or_rows(x, seen):  # pragma: no cover - compiled by numba
-    """seen |= every row of x (``x`` [R, N] uint8)."""
+    """seen[j] != 0 where a row of x (``x`` [R, N] uint8) holds a nonzero in column j."""
     for r in range(x.shape[0]):
         row = x[r]
         for j in range(seen.shape[0]):
             seen[j] |= row[j]
+
+
+def _or_nonzero_rows(x, seen):  # pragma: no cover - compiled by numba
+    """:func:`_or_rows` for a float x (NaN counts as nonzero)."""
+    for r in range(x.shape[0]):
+        row = x[r]
+        for j in range(seen.shape[0]):
+            seen[j] |= row[j] != 0
 
 
 def _gather_cols(a, idx, out):  # pragma: no cover - compiled by numba
@@ -875,6 +892,7 @@ def _scatter_cols(c, idx, out):  # pragma: no cover - compiled by numba
 
 if HAVE_NUMBA:
     _or_rows = numba.njit(**_JIT)(_or_rows)
+    _or_nonzero_rows = numba.njit(**_JIT)(_or_nonzero_rows)
     _gather_cols = numba.njit(**_JIT)(_gather_cols)
     _gather_two = numba.njit(**_JIT)(_gather_two)
     _scatter_cols = numba.njit(**_JIT)(_scatter_cols)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as Fn
 
 from ..core import fused
+from ..core.fused import LiveColumns
 from ..core.cuba import CubaParameters, check_alpha, cuba_scan, cuba_step
 from ..core.lif import RESETS, LIFParameters, LIFState, check_lif_parameters, lif_scan, lif_step
 from ..core.synapse import Conv2dOps, LinearOps
@@ -80,6 +81,10 @@ class LayerRecord(NamedTuple):
     #: ``[B, *out]`` of a synaptic layer (for a constant input's first layer the one tensor
     #: computed once); None elsewhere.
     current: Optional[Tensor] = None
+    #: the columns of ``x`` that hold a spike and ``x`` gathered to them
+    #: (:class:`~spikelfp.core.fused.LiveColumns`), where the no-grad CPU forward of a dense
+    #: layer with few outputs ran its product over them only; None elsewhere.
+    live: Optional[LiveColumns] = None
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -112,14 +117,15 @@ class _Synaptic(nn.Module):
         return LIFParameters(self._neuron_param(self.beta), self._neuron_param(self.threshold),
                              self.reset)
 
-    def current(self, x: Tensor) -> Tensor:
+    def current(self, x: Tensor, live: Optional[LiveColumns] = None) -> Tensor:
         """Synaptic current I = W x + b for a batch of frames (any leading dims); a non-float
         input (compact uint8 spikes) is converted to the weight's dtype. A dense layer with few
         outputs takes the compiled kernel where it can (:func:`spikelfp.core.fused.narrow_linear`:
-        no gradient, CPU; compact input read as it is)."""
+        no gradient, CPU; compact input read as it is), over the columns ``live`` of x only
+        where given (:meth:`live_input`)."""
         self._check_input(x)
         if isinstance(self.ops, LinearOps) and fused.narrow_usable(x, self.weight, self.bias):
-            return fused.narrow_linear(x, self.weight, self.bias)
+            return fused.narrow_linear(x, self.weight, self.bias, live)
         if x.is_floating_point():
             return self.ops.forward(x, self.weight, self.bias)
         dtype = self.weight.dtype
@@ -130,20 +136,34 @@ class _Synaptic(nn.Module):
         return torch.cat([self.ops.forward(x[a:a + step].to(dtype), self.weight, self.bias)
                           for a in range(0, x.shape[0], step)])
 
+    def live_input(self, x: Tensor) -> Optional[LiveColumns]:
+        """For a sequence ``x`` ``[T, B, K]`` into a dense layer with few outputs (the compiled
+        no-grad CPU product) with finite weights: the columns of x that hold a spike and x
+        gathered to them (:func:`spikelfp.core.fused.gather_live`), when at most
+        ``LIVE_GATHER_MAX`` of them do (input neurons that never spiked add nothing to the
+        current); else None."""
+        W, b = self.weight, self.bias
+        if not (isinstance(self.ops, LinearOps) and x.dim() == 3 and fused.narrow_usable(x, W, b)):
+            return None
+        live = fused.gather_live(x, fused.LIVE_GATHER_MAX)
+        # 0 * inf is NaN in the whole product: with non-finite weights nothing is left out
+        return live if live is not None and bool(torch.isfinite(W.sum())) else None
+
     def run(self, x: Tensor, steps: Optional[int] = None,
             spike_fn: Optional[Callable[[Tensor], Tensor]] = None,
             compact: bool = False) -> Tuple[Tensor, LayerRecord]:
         """Run the layer on ``x`` ([T, B, *in], or a constant frame [B, *in] with ``steps``).
         ``compact``: spikes as uint8 on the no-grad Heaviside path (see :class:`LayerRecord`)."""
-        current = self.current(x)  # one matmul/convolution for all rows
+        live = self.live_input(x)
+        current = self.current(x, live)  # one matmul/convolution for all rows
         beta, theta, _ = self.neuron_parameters()
         if not self.spiking:
             v = current if steps is None else current.unsqueeze(0).expand(steps, *current.shape)
             a = torch.relu(v) if self.relu else v
-            return a, LayerRecord(x, v, a)
+            return a, LayerRecord(x, v, a, live=live)
         s, v = lif_scan(current, beta, theta, self.reset, steps=steps, spike_fn=spike_fn,
                         compact=compact)
-        return s, LayerRecord(x, v, s)
+        return s, LayerRecord(x, v, s, live=live)
 
     def forward(self, x: Tensor, steps: Optional[int] = None) -> Tensor:
         """Output spikes ``[T, B, *out]`` for an input sequence (or constant frame with ``steps``)."""

@@ -80,7 +80,7 @@ def _synaptic_feedback(layer, r, record, rule, need_below=True, details=False, *
     return synaptic_layer_feedback(
         r, record.x, record.membrane, record.spikes, layer.weight, layer.bias, layer.ops,
         beta=p.beta, threshold=p.threshold, reset=p.reset, spiking=layer.spiking, rule=rule,
-        need_below=need_below, details=details, **options,
+        need_below=need_below, details=details, x_live=record.live, **options,
     )
 
 
@@ -103,7 +103,7 @@ def _flatten_feedback(layer, r, record, rule=None, need_below=True, details=Fals
         def rows(a, b, out=None):
             flat = None if out is None else out.reshape(b - a, *r.shape[1:])
             return flatten_feedback(r.rows(a, b, flat), frame)
-        below = LazyFeedback(rows, (*r.shape[:2], *frame), r.lowrank)  # same flat layout
+        below = LazyFeedback(rows, (*r.shape[:2], *frame), r.lowrank, r.live)  # same flat layout
         return LayerFeedback(None, None, below if lazy_below else below.materialize())
     return LayerFeedback(None, None, flatten_feedback(r, frame))
 
