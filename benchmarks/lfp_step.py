@@ -17,6 +17,9 @@ constant input: one [B, 784] frame fed at every step):
 * ``spikelfp LFP step, fused kernels off``: the same step with the compiled forward and reverse
   scans switched off (``spikelfp.core.fused.set_enabled(False)``, what ``SPIKELFP_FUSED=0``
   does: the torch loops), only when numba is importable (``--no-torchscan`` to skip).
+* ``spikelfp LFP step, silent neurons not skipped`` (CPU): the same step with
+  ``spikelfp.core.fused.set_skip_silent(False)`` (what ``SPIKELFP_SKIP_SILENT=0`` does): every
+  hidden neuron computed, also those that never spiked in the batch (``--no-skip-row`` to skip).
 * ``spikelfp forward``: ``net.run(x, steps=T)`` under ``torch.no_grad()``.
 * ``snnTorch BPTT step``: the network as snnTorch's tutorials write it (``nn.Linear`` +
   ``snn.Leaky(beta=0.9, spike_grad=surrogate.atan())``, a Python loop over T calling the layers
@@ -80,6 +83,7 @@ POOL = 4  # batches in the data pool
 LABELS = {
     "lfp_step": "spikelfp LFP step",
     "lfp_step_torchscan": "spikelfp LFP step, fused kernels off (SPIKELFP_FUSED=0)",
+    "lfp_step_noskip": "spikelfp LFP step, silent neurons not skipped (SPIKELFP_SKIP_SILENT=0)",
     "forward": "spikelfp forward (no_grad run)",
     "snntorch_bptt": "snnTorch BPTT step (tutorial)",
     "snntorch_bptt_hoisted": "snnTorch BPTT step, fc1 hoisted",
@@ -268,6 +272,24 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
         lfp_step_torchscan.net = tnet
         methods["lfp_step_torchscan"] = lfp_step_torchscan
 
+    if args.skip_row and fused.enabled() and device.type == "cpu":
+        # the same step computing every neuron, also those that never spiked in the batch
+        snet = make_spikelfp(args.seed, device)
+        slfp = LFP(snet)
+        sopt = adam(snet.parameters(), lr=1e-3)
+
+        def lfp_step_noskip(x, y):
+            prev = fused.set_skip_silent(False)
+            try:
+                sopt.zero_grad()
+                compact_lfp_step(slfp, x, y, T)
+                sopt.step()
+            finally:
+                fused.set_skip_silent(prev)
+
+        lfp_step_noskip.net = snet
+        methods["lfp_step_noskip"] = lfp_step_noskip
+
     fnet = make_spikelfp(args.seed, device)
 
     def forward(x, y):
@@ -433,6 +455,8 @@ def rss_growth(key: str, T: int, args) -> Optional[dict]:
         cmd.append("--no-hoisted")
     if not args.torchscan:
         cmd.append("--no-torchscan")
+    if not args.skip_row:
+        cmd.append("--no-skip-row")
     # Fixed glibc thresholds: every large block is mmap-ed and handed back when freed, so RSS
     # follows the live memory instead of what malloc's adaptive threshold happens to keep.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
@@ -454,7 +478,9 @@ def spike_rates(methods: Dict[str, Callable], x, T: int) -> Dict[str, float]:
     """Hidden-layer spike rate (spikes per neuron per step) of each trained network on ``x``."""
     out = {}
     if "lfp_step" in methods:
-        out["lfp_step"] = methods["lfp_step"].net.run(x, steps=T).records[0].spikes.float().mean().item()
+        s = methods["lfp_step"].net.run(x, steps=T).records[0].spikes
+        out["lfp_step"] = s.float().mean().item()
+        out["lfp_live"] = (s.reshape(-1, s.shape[-1]).amax(0) > 0).float().mean().item()
     if "forward" in methods:
         out["forward"] = methods["forward"].net.run(x, steps=T).records[0].spikes.float().mean().item()
     for key in ("snntorch_bptt", "snntorch_bptt_hoisted"):
@@ -551,6 +577,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default=None, metavar="PATH", help="write every number here")
     p.add_argument("--hoisted", action=argparse.BooleanOptionalAction, default=True,
                    help="also time snnTorch with fc1 computed once (default on)")
+    p.add_argument("--skip-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="CPU: also time the LFP step with silent neurons not skipped")
     p.add_argument("--torchscan", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the LFP step with the fused scan off (default on, if numba)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -653,12 +681,15 @@ def main(argv=None) -> int:
         # that changes slowly during the run. Reported next to the ratio of medians.
         if "lfp_step" in m and "lfp_step_torchscan" in m:
             ratios["fused_speedup"] = m["lfp_step_torchscan"]["median_s"] / m["lfp_step"]["median_s"]
+        if "lfp_step" in m and "lfp_step_noskip" in m:
+            ratios["skip_speedup"] = m["lfp_step_noskip"]["median_s"] / m["lfp_step"]["median_s"]
         paired = {}
         for name, (num, den) in {"lfp_step_over_forward": ("lfp_step", "forward"),
                                  "lfp_speed_over_snntorch_bptt": ("snntorch_bptt", "lfp_step"),
                                  "lfp_speed_over_snntorch_bptt_hoisted":
                                      ("snntorch_bptt_hoisted", "lfp_step"),
-                                 "fused_speedup": ("lfp_step_torchscan", "lfp_step")}.items():
+                                 "fused_speedup": ("lfp_step_torchscan", "lfp_step"),
+                                 "skip_speedup": ("lfp_step_noskip", "lfp_step")}.items():
             if num in m and den in m and len(times[num]) == len(times[den]):
                 paired[name] = statistics.median(a / b for a, b in zip(times[num], times[den]))
         run["ratios_paired_median"] = paired
@@ -687,8 +718,9 @@ def main(argv=None) -> int:
     print()
     print("| T | LFP step / forward (target <= 3.0) | LFP speed / snnTorch BPTT (target >= 5) "
           "| LFP speed / snnTorch fc1 hoisted (target >= 3) | fused kernels speed-up of the step "
-          "| LFP memory / BPTT (target <= 1) | hidden spike rate init (LFP / BPTT after) |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+          "| silent-neuron skipping speed-up | LFP memory / BPTT (target <= 1) "
+          "| hidden spike rate init (LFP / BPTT after) | LFP hidden neurons spiking init -> after |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for T, r, r0, r1, same in ratio_rows:
         pr = results["runs"][str(T)]["ratios_paired_median"]
 
@@ -718,12 +750,14 @@ def main(argv=None) -> int:
         print(f"| {T} | {both('lfp_step_over_forward')}{verdict_a} | "
               f"{both('lfp_speed_over_snntorch_bptt')}{verdict_b} | "
               f"{both('lfp_speed_over_snntorch_bptt_hoisted')}{verdict_c} | "
-              f"{both('fused_speedup')} | {mem} | {rate} |")
+              f"{both('fused_speedup')} | {both('skip_speedup')} | {mem} | {rate} | "
+              f"{r0.get('lfp_live', float('nan')):.3f} -> {r1.get('lfp_live', float('nan')):.3f} |")
     print()
     print("ms / step: wall time of one call (CUDA: synchronized). samples/s = batch / median.")
     print("LFP speed / snnTorch = snnTorch median time / LFP step median time; 'paired' is the "
           "median over rounds of the same ratio taken within each round. Fused kernels speed-up = "
-          "step time with SPIKELFP_FUSED=0 / step time. LFP memory / BPTT: against the smaller of the two "
+          "step time with SPIKELFP_FUSED=0 / step time; silent-neuron skipping speed-up = step time "
+          "with SPIKELFP_SKIP_SILENT=0 / step time. LFP memory / BPTT: against the smaller of the two "
           "snnTorch forms.")
     if args.memory:
         if cuda:
@@ -735,7 +769,9 @@ def main(argv=None) -> int:
                 print("RSS growth: peak RSS (VmHWM) minus RSS before, 3 calls in a fresh process after a "
                       "batch-2 warm-up, glibc mmap threshold fixed at 64 KiB.")
     print("hidden spike rate: spikes per hidden neuron per step on batch 0, at init (all nets equal) and "
-          "after the timed rounds (weights have been trained on random labels).")
+          "after the timed rounds (weights have been trained on random labels). LFP hidden neurons "
+          "spiking: the share of hidden neurons with a spike in batch 0 (the others get no LFP "
+          "feedback, and the CPU paths leave them out: 'silent neurons not skipped' computes them).")
     if HAVE_SNNTORCH:
         eq = ", ".join(f"T={T}: hidden {s['hidden']:.4f}, output {s['output']:.4f}"
                        for T, _, _, _, s in ratio_rows)

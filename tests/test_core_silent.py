@@ -310,3 +310,27 @@ def test_forward_over_live_columns(monkeypatch):
         assert layer.live_input(h) is not None
         layer.weight[0, 0] = float("inf")
         assert layer.live_input(h) is None
+
+
+def test_the_switch_turns_skipping_off(monkeypatch, small):
+    """``set_skip_silent(False)`` (or ``SPIKELFP_SKIP_SILENT=0``): no live columns anywhere, the
+    whole products and scans."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    x = torch.zeros(3, 2, 10, dtype=torch.uint8)
+    x[..., 1] = 1
+    assert fused.live_columns(x, 10, 0.5) is not None
+    prev = fused.set_skip_silent(False)
+    try:
+        assert prev is True and not fused.skip_silent()
+        assert fused.live_columns(x, 10, 0.5) is None
+        n = torch.zeros(4, 30)
+        n[:, 3] = 1.0
+        seen = []
+        real = torch.Tensor.__matmul__
+        monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append(a.shape) or real(a, b))
+        synapse.live_correlate(n, torch.ones(4, 5))
+        assert seen == [torch.Size([30, 4])]
+    finally:
+        fused.set_skip_silent(prev)

@@ -57,7 +57,9 @@ except Exception:  # pragma: no cover - depends on the environment
     numba = None
 
 HAVE_NUMBA = numba is not None
-_ENABLED = os.environ.get("SPIKELFP_FUSED", "1").strip().lower() not in ("0", "false", "off", "no")
+_OFF = ("0", "false", "off", "no")
+_ENABLED = os.environ.get("SPIKELFP_FUSED", "1").strip().lower() not in _OFF
+_SKIP_SILENT = os.environ.get("SPIKELFP_SKIP_SILENT", "1").strip().lower() not in _OFF
 
 RULE_CODES = {"zero": 0, "epsilon": 1, "zplus_zminus": 2, "alphabeta": 3, "lfprop": 4}
 NORM_CODES = {None: 0, "layer": 0, "step": 1, "sample": 2}
@@ -73,6 +75,21 @@ def set_enabled(flag: bool) -> bool:
     global _ENABLED
     prev = _ENABLED
     _ENABLED = bool(flag)
+    return prev
+
+
+def skip_silent() -> bool:
+    """Whether the CPU paths leave out neurons that never spiked in the batch (the forward of a
+    narrow layer, the LFP scans and correlations; the same numbers up to rounding, see
+    :func:`live_columns`): on unless ``SPIKELFP_SKIP_SILENT=0`` or :func:`set_skip_silent`."""
+    return _SKIP_SILENT
+
+
+def set_skip_silent(flag: bool) -> bool:
+    """Switch the leaving out of silent neurons on or off; returns the previous setting."""
+    global _SKIP_SILENT
+    prev = _SKIP_SILENT
+    _SKIP_SILENT = bool(flag)
     return prev
 
 
@@ -834,9 +851,10 @@ def live_columns(x: Tensor, cols: int, most: float) -> Optional[Tensor]:
     """The indices (int64) of the columns of ``x`` (as rows ``[-1, cols]``; compact uint8/bool,
     or float32/float64 on the CPU) that hold a nonzero entry (NaN counts), when they are at most
     ``most`` of the ``cols`` columns and ``x`` is large enough to gain from leaving the others
-    out (``LIVE_MIN``); else None."""
-    if (not enabled() or x.device.type != "cpu" or x.numel() < LIVE_MIN or cols < 2 or x.dtype
-            not in (torch.uint8, torch.bool, torch.float32, torch.float64)):
+    out (``LIVE_MIN``); else None (also with the kernels or :func:`skip_silent` switched off)."""
+    dtypes = (torch.uint8, torch.bool, torch.float32, torch.float64)
+    if (not (enabled() and _SKIP_SILENT) or x.device.type != "cpu" or x.numel() < LIVE_MIN
+            or cols < 2 or x.dtype not in dtypes):
         return None
     seen = np.zeros(cols, np.uint8)
     (_or_nonzero_rows if x.is_floating_point() else _or_rows)(_flat(x, cols), seen)

@@ -19,6 +19,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as Fn
 
+from . import fused
+
 Tensor = torch.Tensor
 
 
@@ -36,7 +38,8 @@ def live_correlate(n: Tensor, x: Tensor) -> Tensor:
     at most ``LIVE_MAX`` of the J columns are live; the computed rows are the same dot products
     as the whole product's (BLAS may sum a product of fewer rows in another order: equal to
     float rounding), the others are 0."""
-    if (n.device.type != "cpu" or n.numel() * x.shape[1] < LIVE_MIN_MACS or x.dtype != n.dtype
+    if (not fused.skip_silent() or n.device.type != "cpu" or n.numel() * x.shape[1] < LIVE_MIN_MACS
+            or x.dtype != n.dtype
             or (torch.is_grad_enabled() and (n.requires_grad or x.requires_grad))):
         return n.t() @ x
     live = (n.abs().sum(0) != 0).nonzero().squeeze(1)  # a NaN column counts as live
