@@ -156,12 +156,18 @@ def _assert_same(skip, whole):
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("normalize", ["step", "sample", None])
 @pytest.mark.parametrize("keep", [True, False])
-def test_scan_without_silent_neurons_equals_the_whole_scan(rule, normalize, keep, monkeypatch):
+@pytest.mark.parametrize("chunk", ["whole", "one step", "three steps"])
+def test_scan_without_silent_neurons_equals_the_whole_scan(rule, normalize, keep, chunk,
+                                                            monkeypatch):
+    """Also in chunks of steps (c carried across them, as the lazy chunks do)."""
     if not fused.HAVE_NUMBA:
         pytest.skip("numba is not installed")
     g = torch.Generator().manual_seed(len(rule) + 7 * keep)
     T, B, Nn, K = 7, 4, 60, 10
     v, s, n_up, W_up, dead = _scan_inputs(g, T, B, (Nn,), K, 0.4)
+    per_step = B * int((~dead).sum()) * 8  # bytes of gathered float64 v per step
+    monkeypatch.setattr(fused, "LIVE_CHUNK", {"whole": 1 << 30, "one step": 1,
+                                              "three steps": 3 * per_step}[chunk])
     extra = {}
     if rule == "zplus_zminus":
         extra["base"] = torch.rand(T, B, Nn, generator=g, dtype=torch.float64) + 0.1
@@ -180,7 +186,8 @@ def test_scan_without_silent_neurons_equals_the_whole_scan(rule, normalize, keep
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
-def test_scan_without_silent_neurons_for_a_layer_of_several_dims(reset, monkeypatch):
+@pytest.mark.parametrize("chunk", [1 << 30, 1])
+def test_scan_without_silent_neurons_for_a_layer_of_several_dims(reset, chunk, monkeypatch):
     """A layer with [C, H, W] neurons under a linear layer (through a flatten), float32, one
     threshold per neuron, the "layer" max passed in, and a gate that is not the spikes."""
     if not fused.HAVE_NUMBA:
@@ -191,6 +198,7 @@ def test_scan_without_silent_neurons_for_a_layer_of_several_dims(reset, monkeypa
     x_up = s.reshape(T, B, -1).clone()
     x_up[2, 1, ~dead] = 0  # a different tensor with the same silent neurons
     theta = torch.rand(shape, generator=g) + 0.5
+    monkeypatch.setattr(fused, "LIVE_CHUNK", chunk)
     kw = dict(reset=reset, spiking=True, rule=make_rule("epsilon"), normalize=None,
               direction=False, keep=True, details=False, lowrank=(n_up, W_up, x_up, 2.5))
     skip, whole, taken = _both(monkeypatch, (None, v, s, 0.85, theta), kw)
@@ -334,3 +342,33 @@ def test_the_switch_turns_skipping_off(monkeypatch, small):
         assert seen == [torch.Size([30, 4])]
     finally:
         fused.set_skip_silent(prev)
+
+
+def test_non_finite_input_is_still_reported_with_skipping(monkeypatch, small):
+    """A NaN in the input makes every first-layer neuron silent (NaN > theta is false); the
+    skipped scan gives them n = 0, and the lowest layer's correlation still sees the NaN input
+    (it falls back to the whole product), so LFP reports non-finite feedback as before."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    net, x, y = _silent_net()
+    x[2, 5] = float("nan")
+    with pytest.raises(RuntimeError, match="non-finite feedback"):
+        LFP(net).compute(x, y, steps=8)
+
+
+def test_a_silent_hidden_layer_runs_forward_and_backward(monkeypatch, small):
+    """No hidden neuron spikes: the narrow layer's forward takes the plain product (its current
+    is the bias), and the backward gives zero updates below the output layer."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    net, x, y = _silent_net()
+    with torch.no_grad():
+        net[1].weight.fill_(-1.0)
+        trace = net.run(x, 8, compact=True)
+    assert trace.records[1].spikes.sum() == 0 and trace.records[2].live is None
+    assert torch.equal(trace.records[2].membrane[0], net[2].bias.detach().expand(6, 4))
+    grads = LFP(net).backward(trace, y).grads
+    assert torch.count_nonzero(grads["1.weight"]) == 0 and torch.count_nonzero(grads["0.weight"]) == 0
+    assert torch.count_nonzero(grads["2.weight"]) == 0  # its input is all 0

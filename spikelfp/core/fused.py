@@ -826,8 +826,9 @@ LIVE_MIN = 1 << 16   # neuron-steps below which no scan or product looks for sil
 
 
 class LiveColumns(NamedTuple):
-    """The columns of a compact input that hold a spike (``index``, int64, ascending) and, when
-    gathered, the input restricted to them (``x``, ``[..., len(index)]`` uint8, or None)."""
+    """The columns of an input that hold a nonzero (a spike; ``index``, int64, ascending) and,
+    when gathered, the input restricted to them (``x``, ``[..., len(index)]``: uint8 for compact
+    spikes, else the input's float dtype; or None)."""
 
     index: Tensor
     x: Optional[Tensor] = None
@@ -916,18 +917,25 @@ if HAVE_NUMBA:
     _scatter_cols = numba.njit(**_JIT)(_scatter_cols)
 
 
+LIVE_CHUNK = 1 << 21  # bytes of gathered membranes per chunk of steps of the scan (2 MiB)
+
+
 def _live_scan(live: LiveColumns, membrane: Tensor, spikes: Tensor, beta, threshold, lowrank,
                out, scan: dict):
-    """:func:`reverse_scan` on the ``live`` neurons only (see there): v, s, the gate x (unless
-    ``live`` brings it gathered), the layer above's W columns, per-neuron beta and theta and the
-    rule's sums gathered; the results scattered into ``out`` (zeros for the silent neurons)."""
-    B, Nn, A = membrane.shape[1], membrane[0, 0].numel(), live.index.numel()
+    """:func:`reverse_scan` on the ``live`` neurons only (see there), from the last steps a chunk
+    at a time (``LIVE_CHUNK`` bytes of gathered v; c carried across chunks, as the lazy chunks
+    do): v, s and the gate x of a chunk (unless ``live`` brings x gathered), the layer above's W
+    columns, per-neuron beta and theta and the rule's sums gathered; n scattered back per chunk
+    (zeros for the silent neurons), the sums at the end."""
+    T, B = membrane.shape[:2]
+    Nn, A = membrane[0, 0].numel(), live.index.numel()
     idx = live.index.numpy()
 
-    def g(a, steps=True):  # [T', B, *out] -> [T', B, A]; [B, *out] -> [B, A] without steps
+    def g(a, steps=True, into=None):  # [T', B, *out] -> [T', B, A]; [B, *out] -> [B, A]
         if a is None:
             return None
-        res = torch.empty(a.numel() // Nn * A, dtype=torch.uint8 if a.dtype == torch.bool else a.dtype)
+        res = into if into is not None else torch.empty(
+            a.numel() // Nn * A, dtype=torch.uint8 if a.dtype == torch.bool else a.dtype)
         _gather_cols(_flat(a, Nn), idx, res.reshape(-1, A).numpy())
         return res.reshape((-1, B, A) if steps else (B, A))
 
@@ -944,25 +952,49 @@ def _live_scan(live: LiveColumns, membrane: Tensor, spikes: Tensor, beta, thresh
         return out
     n_up, W_up, x_up, m = lowrank
     W_c = W_up.detach().reshape(W_up.shape[0], -1).index_select(1, live.index)
-    part = {k: g(a, a.dim() == membrane.dim()) for k, a in scan.items()
-            if k in ("base", "P", "N") and a is not None}
     same = (x_up.data_ptr() == spikes.data_ptr() and x_up.numel() == spikes.numel()
             and x_up.element_size() == spikes.element_size() and x_up.is_contiguous()
             and spikes.is_contiguous())  # the gate is this layer's spikes: gathered once
     gate = None if live.x is None else live.x.reshape(-1, B, A)
-    if gate is not None and same:
-        v_c, s_c = g(membrane), gate
-    else:
-        v_c = torch.empty((*membrane.shape[:2], A), dtype=membrane.dtype)
-        s_c = torch.empty(v_c.shape, dtype=torch.uint8 if spikes.dtype == torch.bool else spikes.dtype)
-        _gather_two(_flat(membrane, Nn), _flat(spikes, Nn), idx, v_c.reshape(-1, A).numpy(),
-                    s_c.reshape(-1, A).numpy())
-        gate = s_c if same else (g(x_up) if gate is None else gate)
-    res = reverse_scan(None, v_c, s_c, param(beta), param(threshold), details=False,
-                       lowrank=(n_up, W_c, gate, m), skip_silent=False, **{**scan, **part})
-    for dst, src in zip(out[0] or (), res[0] or ()):
-        _scatter_cols(src.reshape(-1, A).numpy(), idx, dst.reshape(-1, Nn).numpy())
-    for dst, src in zip(out[1] or (), res[1] or ()):
+    per_step = {k: a for k, a in scan.items() if k in ("base", "P", "N") and a is not None
+                and a.dim() == membrane.dim()}
+    fixed = {k: g(a, steps=False) for k, a in scan.items() if k in ("base", "P", "N")
+             and a is not None and a.dim() < membrane.dim()}
+    keep, k = scan["keep"], 2 if scan["rule"].name == "alphabeta" else 1
+    steps = max(1, LIVE_CHUNK // (B * A * membrane.element_size()))
+    rows = min(T, steps + 1)  # a chunk's slices start one step early (step a reads a - 1)
+
+    def buf(dtype):
+        return torch.empty((rows, B, A), dtype=torch.uint8 if dtype == torch.bool else dtype)
+    v_buf = buf(membrane.dtype)
+    s_buf = None if gate is not None and same else buf(spikes.dtype)
+    x_buf = None if gate is not None or same else buf(x_up.dtype)
+    n_buf = [buf(membrane.dtype) for _ in range(k)] if keep else None
+    sums = None if keep else [torch.zeros((B, A), dtype=membrane.dtype) for _ in range(k)]
+    carry = torch.zeros((B, A), dtype=membrane.dtype) if steps < T else None
+    beta_c, th_c = param(beta), param(threshold)
+    for b in range(T, 0, -steps):
+        a = max(0, b - steps)
+        lo = a - 1 if a > 0 else 0
+        L = b - lo
+        v_c = v_buf[:L]
+        if s_buf is None:
+            g(membrane[lo:b], into=v_c)
+            s_c = gate[lo:b]
+        else:
+            s_c = s_buf[:L]
+            _gather_two(_flat(membrane[lo:b], Nn), _flat(spikes[lo:b], Nn), idx,
+                        v_c.reshape(-1, A).numpy(), s_c.reshape(-1, A).numpy())
+        x_c = s_c if same else (gate[lo:b] if gate is not None else g(x_up[lo:b], into=x_buf[:L]))
+        part = {**fixed, **{key: g(t[lo:b]) for key, t in per_step.items()}}
+        sub = ([n[:L] for n in n_buf] if keep else None, sums, None, None)
+        reverse_scan(None, v_c, s_c, beta_c, th_c, details=False, out=sub, carry=carry,
+                     stop=a - lo, lowrank=(n_up[lo:b], W_c, x_c, m), skip_silent=False,
+                     **{**scan, **part})
+        for dst, src in zip(out[0] or (), n_buf or ()):
+            _scatter_cols(src[a - lo:L].reshape(-1, A).numpy(), idx,
+                          dst[a:b].reshape(-1, Nn).numpy())
+    for dst, src in zip(out[1] or (), sums or ()):
         dst.reshape(B, Nn).index_add_(1, live.index, src)
     return out
 

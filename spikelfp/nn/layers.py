@@ -146,8 +146,10 @@ class _Synaptic(nn.Module):
         if not (isinstance(self.ops, LinearOps) and x.dim() == 3 and fused.narrow_usable(x, W, b)):
             return None
         live = fused.gather_live(x, fused.LIVE_GATHER_MAX)
+        if live is None or not live.index.numel():  # a silent input: the plain product
+            return None
         # 0 * inf is NaN in the whole product: with non-finite weights nothing is left out
-        return live if live is not None and bool(torch.isfinite(W.sum())) else None
+        return live if bool(torch.isfinite(W.sum())) else None
 
     def run(self, x: Tensor, steps: Optional[int] = None,
             spike_fn: Optional[Callable[[Tensor], Tensor]] = None,
