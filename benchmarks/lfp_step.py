@@ -254,41 +254,30 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
 
     methods["lfp_step"] = lfp_step
 
-    if args.torchscan and fused.enabled():
-        # the same step with the fused reverse scan switched off (the fallback path)
-        tnet = make_spikelfp(args.seed, device)
-        tlfp = LFP(tnet)
-        topt = adam(tnet.parameters(), lr=1e-3)
+    def switched_step(switch):
+        """The LFP step on its own network (same initial weights) with ``switch(False)`` in
+        force during each call."""
+        vnet = make_spikelfp(args.seed, device)
+        vlfp = LFP(vnet)
+        vopt = adam(vnet.parameters(), lr=1e-3)
 
-        def lfp_step_torchscan(x, y):
-            prev = fused.set_enabled(False)
+        def step(x, y):
+            prev = switch(False)
             try:
-                topt.zero_grad()
-                compact_lfp_step(tlfp, x, y, T)
-                topt.step()
+                vopt.zero_grad()
+                compact_lfp_step(vlfp, x, y, T)
+                vopt.step()
             finally:
-                fused.set_enabled(prev)
+                switch(prev)
 
-        lfp_step_torchscan.net = tnet
-        methods["lfp_step_torchscan"] = lfp_step_torchscan
+        step.net = vnet
+        return step
 
+    if args.torchscan and fused.enabled():  # the fused kernels off (the fallback path)
+        methods["lfp_step_torchscan"] = switched_step(fused.set_enabled)
     if args.skip_row and fused.enabled() and device.type == "cpu":
-        # the same step computing every neuron, also those that never spiked in the batch
-        snet = make_spikelfp(args.seed, device)
-        slfp = LFP(snet)
-        sopt = adam(snet.parameters(), lr=1e-3)
-
-        def lfp_step_noskip(x, y):
-            prev = fused.set_skip_silent(False)
-            try:
-                sopt.zero_grad()
-                compact_lfp_step(slfp, x, y, T)
-                sopt.step()
-            finally:
-                fused.set_skip_silent(prev)
-
-        lfp_step_noskip.net = snet
-        methods["lfp_step_noskip"] = lfp_step_noskip
+        # every neuron computed, also those that never spiked in the batch
+        methods["lfp_step_noskip"] = switched_step(fused.set_skip_silent)
 
     fnet = make_spikelfp(args.seed, device)
 
