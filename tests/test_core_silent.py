@@ -372,3 +372,37 @@ def test_a_silent_hidden_layer_runs_forward_and_backward(monkeypatch, small):
     grads = LFP(net).backward(trace, y).grads
     assert torch.count_nonzero(grads["1.weight"]) == 0 and torch.count_nonzero(grads["0.weight"]) == 0
     assert torch.count_nonzero(grads["2.weight"]) == 0  # its input is all 0
+
+
+def test_gathers_give_the_same_numbers_on_any_number_of_threads(monkeypatch):
+    """With torch's thread count above 1 the gathers split their rows over numba's threads (a
+    copy: the same bits); with 2 and 3 threads the split kernels are taken."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    import numba
+    g = torch.Generator().manual_seed(9)
+    R, N = 3 * fused.SPLIT_GATHER // 40 + 7, 100
+    v = torch.randn(R, N, generator=g)
+    s = (torch.rand(R, N, generator=g) > 0.5).to(torch.uint8)
+    idx = torch.arange(3, N, 3).numpy()  # 33 columns
+    calls, runs = [], []
+    for name in ("_gather_par_compiled", "_gather_two_par_compiled"):
+        real = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, _r=real, _n=name: (calls.append(_n), _r(*a))[1])
+    saved = torch.get_num_threads()
+    try:
+        for k in (1, 2, 3):
+            torch.set_num_threads(k)
+            out = torch.empty(R, idx.size)
+            fused._gather(v.numpy(), idx, out.numpy())
+            vo, so = torch.empty(R, idx.size), torch.empty(R, idx.size, dtype=torch.uint8)
+            fused._gather2(v.numpy(), s.numpy(), idx, vo.numpy(), so.numpy())
+            runs.append((out, vo, so))
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.equal(runs[0][0], v[:, idx]) and torch.equal(runs[0][2], s[:, idx])
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            assert torch.equal(a, c)
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        assert sorted(calls) == ["_gather_par_compiled"] * 2 + ["_gather_two_par_compiled"] * 2

@@ -32,6 +32,13 @@ own order), so the results agree with it to float rounding (in practice
 bit for bit). Forward scan (:func:`lif_forward`): one pass per step, bit-identical to the torch
 loop of :func:`spikelfp.core.lif.lif_scan` (the same operations, no fused multiply-add).
 
+Silent neurons (CPU): a neuron that never spiked in the batch gets no LFP feedback (its r_t is
+gated by its spikes), so :func:`live_columns` finds the columns that hold a spike,
+:func:`gather_live` copies an input's live columns (a narrow layer's forward and G run over
+them), and the kernel-made reverse scan runs on the live neurons only (:func:`_live_scan`, in
+chunks of steps), with the same numbers; ``SPIKELFP_SKIP_SILENT=0`` or :func:`set_skip_silent`
+turns this off.
+
 Switch: ``SPIKELFP_FUSED=0`` in the environment (read at import) or :func:`set_enabled` turns the
 kernels off; without numba they are off. :func:`usable` says whether a call can take this path
 (float32/float64, no cross-process max reduction; CPU with numba, or CUDA with triton: CUDA tensors
@@ -844,7 +851,7 @@ def gather_live(x: Tensor, most: float) -> Optional[LiveColumns]:
     x_c = torch.empty((*x.shape[:-1], idx.numel()),
                       dtype=x.dtype if x.is_floating_point() else torch.uint8)
     if idx.numel():
-        _gather_cols(_flat(x, K), idx.numpy(), x_c.reshape(-1, idx.numel()).numpy())
+        _gather(_flat(x, K), idx.numpy(), x_c.reshape(-1, idx.numel()).numpy())
     return LiveColumns(idx, x_c)
 
 
@@ -909,11 +916,55 @@ def _scatter_cols(c, idx, out):  # pragma: no cover - compiled by numba
             o[idx[k]] = row[k]
 
 
+SPLIT_GATHER = 1 << 17  # gathered elements per thread below which a gather stays on one thread
+
+
+def _gather_par(a, idx, out, parts):  # pragma: no cover - compiled by numba (parallel)
+    """:func:`_gather_cols` with the rows split into ``parts`` ranges, one per thread."""
+    R = a.shape[0]
+    per = -(-R // parts)
+    for p in numba.prange(parts):
+        r0, r1 = p * per, min(R, (p + 1) * per)
+        if r0 < r1:
+            _gather_cols(a[r0:r1], idx, out[r0:r1])
+
+
+def _gather_two_par(a, b, idx, ao, bo, parts):  # pragma: no cover - numba (parallel)
+    """:func:`_gather_two` with the rows split into ``parts`` ranges, one per thread."""
+    R = a.shape[0]
+    per = -(-R // parts)
+    for p in numba.prange(parts):
+        r0, r1 = p * per, min(R, (p + 1) * per)
+        if r0 < r1:
+            _gather_two(a[r0:r1], b[r0:r1], idx, ao[r0:r1], bo[r0:r1])
+
+
+def _gather(a: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """out = a[:, idx] (rows ``[R, N]`` -> ``[R, A]``), over :func:`threads` for large ones (a
+    copy: the same result on any number of threads)."""
+    parts = _parts(out.size, SPLIT_GATHER)
+    if parts > 1:
+        _gather_par_compiled(a, idx, out, parts)
+    else:
+        _gather_cols(a, idx, out)
+
+
+def _gather2(a, b, idx, ao, bo) -> None:
+    """:func:`_gather` of two arrays with the same rows (v and s) in one pass."""
+    parts = _parts(ao.size, SPLIT_GATHER)
+    if parts > 1:
+        _gather_two_par_compiled(a, b, idx, ao, bo, parts)
+    else:
+        _gather_two(a, b, idx, ao, bo)
+
+
 if HAVE_NUMBA:
     _or_rows = numba.njit(**_JIT)(_or_rows)
     _or_nonzero_rows = numba.njit(**_JIT)(_or_nonzero_rows)
     _gather_cols = numba.njit(**_JIT)(_gather_cols)
     _gather_two = numba.njit(**_JIT)(_gather_two)
+    _gather_par_compiled = numba.njit(parallel=True, **_JIT)(_gather_par)
+    _gather_two_par_compiled = numba.njit(parallel=True, **_JIT)(_gather_two_par)
     _scatter_cols = numba.njit(**_JIT)(_scatter_cols)
 
 
@@ -936,7 +987,7 @@ def _live_scan(live: LiveColumns, membrane: Tensor, spikes: Tensor, beta, thresh
             return None
         res = into if into is not None else torch.empty(
             a.numel() // Nn * A, dtype=torch.uint8 if a.dtype == torch.bool else a.dtype)
-        _gather_cols(_flat(a, Nn), idx, res.reshape(-1, A).numpy())
+        _gather(_flat(a, Nn), idx, res.reshape(-1, A).numpy())
         return res.reshape((-1, B, A) if steps else (B, A))
 
     def param(p):  # beta or theta: one value as it is, else per neuron of [B, *out]
@@ -983,7 +1034,7 @@ def _live_scan(live: LiveColumns, membrane: Tensor, spikes: Tensor, beta, thresh
             s_c = gate[lo:b]
         else:
             s_c = s_buf[:L]
-            _gather_two(_flat(membrane[lo:b], Nn), _flat(spikes[lo:b], Nn), idx,
+            _gather2(_flat(membrane[lo:b], Nn), _flat(spikes[lo:b], Nn), idx,
                         v_c.reshape(-1, A).numpy(), s_c.reshape(-1, A).numpy())
         x_c = s_c if same else (gate[lo:b] if gate is not None else g(x_up[lo:b], into=x_buf[:L]))
         part = {**fixed, **{key: g(t[lo:b]) for key, t in per_step.items()}}
