@@ -288,7 +288,8 @@ def synaptic_layer_feedback(  # noqa: C901  (one reverse scan; see issue: fused 
 
 def _correlate_live(ops, n: Tensor, x: Tensor, W_shape, dtype, live) -> Tensor:
     """:func:`correlate_any`; with ``live`` (:class:`fused.LiveColumns` of x) over the gathered
-    columns only, the others 0 (each column of the correlation is its own sum over rows)."""
+    columns only, the others 0 (each column of the correlation is its own sum over rows: the
+    narrow kernel gives the same bits, a BLAS product the same sums to rounding)."""
     if live is None or not live.index.numel():
         return correlate_any(ops, n, x, W_shape, dtype)
     part = correlate_any(ops, n, live.x, (W_shape[0], live.index.numel()), dtype)
