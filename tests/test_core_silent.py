@@ -281,7 +281,10 @@ def test_lfp_updates_equal_with_and_without_skipping(monkeypatch):
     whole = lfp.backward(plain, y).grads
     assert len(calls) == 2 and skip.keys() == whole.keys()
     for k in whole:
-        assert torch.equal(skip[k], whole[k]), k
+        if k == "1.weight":  # 30 outputs: BLAS's product over the live columns, equal to rounding
+            assert (skip[k] - whole[k]).abs().max() <= 1e-13 * whole[k].abs().max(), k
+        else:  # the scans, the narrow kernel, the lowest layer's whole product: bit for bit
+            assert torch.equal(skip[k], whole[k]), k
     assert torch.count_nonzero(whole["0.weight"][:25]) == 0
     assert whole["0.weight"][25:].abs().max() > 0
 
