@@ -20,7 +20,9 @@ constant input: one [B, 784] frame fed at every step):
 * ``spikelfp LFP step, silent neurons not skipped`` (CPU): the same step with
   ``spikelfp.core.fused.set_skip_silent(False)`` (what ``SPIKELFP_SKIP_SILENT=0`` does): every
   hidden neuron computed, also those that never spiked in the batch (``--no-skip-row`` to skip).
-* ``spikelfp forward``: ``net.run(x, steps=T)`` under ``torch.no_grad()``.
+* ``spikelfp forward``: ``net.run(x, steps=T, compact=True)`` under ``torch.no_grad()`` on the
+  LFP step's own network, in the state its training has reached in that round (as the step's
+  forward runs it).
 * ``snnTorch BPTT step``: the network as snnTorch's tutorials write it (``nn.Linear`` +
   ``snn.Leaky(beta=0.9, spike_grad=surrogate.atan())``, a Python loop over T calling the layers
   once per step with the same input, ``SF.ce_count_loss()``, ``loss.backward()``, Adam).
@@ -84,7 +86,7 @@ LABELS = {
     "lfp_step": "spikelfp LFP step",
     "lfp_step_torchscan": "spikelfp LFP step, fused kernels off (SPIKELFP_FUSED=0)",
     "lfp_step_noskip": "spikelfp LFP step, silent neurons not skipped (SPIKELFP_SKIP_SILENT=0)",
-    "forward": "spikelfp forward (no_grad run)",
+    "forward": "spikelfp forward (no_grad run of the LFP net)",
     "snntorch_bptt": "snnTorch BPTT step (tutorial)",
     "snntorch_bptt_hoisted": "snnTorch BPTT step, fc1 hoisted",
     "lfprop_step": "lfprop LFP step",
@@ -279,11 +281,9 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
         # every neuron computed, also those that never spiked in the batch
         methods["lfp_step_noskip"] = switched_step(fused.set_skip_silent)
 
-    fnet = make_spikelfp(args.seed, device)
-
-    def forward(x, y):
+    def forward(x, y):  # the LFP step's own network in its current state, run as the step runs it
         with torch.no_grad():
-            fnet.run(x, steps=T)
+            net.run(x, steps=T, compact=True)
 
     methods["forward"] = forward
 
@@ -309,7 +309,7 @@ def build_methods(T: int, args, device: torch.device, lfprop_factory) -> Dict[st
         bptt_step.model = model  # for the spike-rate report
 
     lfp_step.net = net
-    forward.net = fnet
+    forward.net = net
     if lfprop_factory is not None:
         try:
             methods["lfprop_step"] = lfprop_factory(args.seed, T)
