@@ -1035,7 +1035,7 @@ def _live_scan(live: LiveColumns, membrane: Tensor, spikes: Tensor, beta, thresh
         else:
             s_c = s_buf[:L]
             _gather2(_flat(membrane[lo:b], Nn), _flat(spikes[lo:b], Nn), idx,
-                        v_c.reshape(-1, A).numpy(), s_c.reshape(-1, A).numpy())
+                     v_c.reshape(-1, A).numpy(), s_c.reshape(-1, A).numpy())
         x_c = s_c if same else (gate[lo:b] if gate is not None else g(x_up[lo:b], into=x_buf[:L]))
         part = {**fixed, **{key: g(t[lo:b]) for key, t in per_step.items()}}
         sub = ([n[:L] for n in n_buf] if keep else None, sums, None, None)
