@@ -26,8 +26,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 @pytest.fixture
 def small(monkeypatch):
-    """Skipping switched on for this test's small products (it starts at LIVE_MIN_MACS)."""
+    """Skipping switched on for this test's small products (it starts at LIVE_MIN_MACS
+    multiply-adds and LIVE_MIN elements)."""
     monkeypatch.setattr(synapse, "LIVE_MIN_MACS", 0)
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
 
 
 def _silent_columns(g, n, cols, live_share):
@@ -306,7 +308,7 @@ def test_forward_over_live_columns(monkeypatch):
         whole = net.run(x, 8, compact=True)
     h_live = int((h.reshape(-1, 30).amax(0) > 0).sum())
     assert h_live <= 18 and live_c.records[2].live.index.numel() == h_live
-    assert whole.records[2].live is None
+    assert whole.records[2].live is fused.NOT_SPARSE  # looked: too many live at share 0
     assert torch.equal(live_c.records[2].live.x, h[..., live_c.records[2].live.index])
     for a, b in zip(live_c.records, whole.records):
         assert torch.equal(a.spikes, b.spikes)
@@ -320,7 +322,7 @@ def test_forward_over_live_columns(monkeypatch):
     with torch.no_grad():
         assert layer.live_input(h) is not None
         layer.weight[0, 0] = float("inf")
-        assert layer.live_input(h) is None
+        assert layer.live_input(h) is fused.NOT_SPARSE
 
 
 def test_the_switch_turns_skipping_off(monkeypatch, small):
@@ -370,7 +372,8 @@ def test_a_silent_hidden_layer_runs_forward_and_backward(monkeypatch, small):
     with torch.no_grad():
         net[1].weight.fill_(-1.0)
         trace = net.run(x, 8, compact=True)
-    assert trace.records[1].spikes.sum() == 0 and trace.records[2].live is None
+    live = trace.records[2].live
+    assert trace.records[1].spikes.sum() == 0 and live.index.numel() == 0 and not live.gathered()
     assert torch.equal(trace.records[2].membrane[0], net[2].bias.detach().expand(6, 4))
     grads = LFP(net).backward(trace, y).grads
     assert torch.count_nonzero(grads["1.weight"]) == 0 and torch.count_nonzero(grads["0.weight"]) == 0
@@ -409,3 +412,29 @@ def test_gathers_give_the_same_numbers_on_any_number_of_threads(monkeypatch):
             assert torch.equal(a, c)
     if numba.config.NUMBA_NUM_THREADS > 1:
         assert sorted(calls) == ["_gather_par_compiled"] * 2 + ["_gather_two_par_compiled"] * 2
+
+
+def test_one_look_per_step_where_too_many_neurons_are_live(monkeypatch):
+    """Where the forward looked and found too many live columns (``NOT_SPARSE`` in the record),
+    neither the backward nor the scan below looks again: one pass over the spikes per step."""
+    if not fused.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    net, x, y = _silent_net()
+    monkeypatch.setattr(fused, "LIVE_MIN", 0)
+    monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 0.05)
+    looks = []
+    real = fused.live_columns
+    monkeypatch.setattr(fused, "live_columns", lambda a, *r: looks.append(a.shape) or real(a, *r))
+    with torch.no_grad():
+        trace = net.run(x, 8, compact=True)
+    assert trace.records[2].live is fused.NOT_SPARSE and len(looks) == 1
+    grads = LFP(net).backward(trace, y).grads
+    # one more look: the (40 -> 30) layer's input, which no forward looked at (not narrow);
+    # none at the output layer's input or in either scan
+    assert looks == [(8, 6, 30), (8, 6, 40)]
+    monkeypatch.setattr(fused, "LIVE_GATHER_MAX", 0.0)
+    plain = trace._replace(records=[r._replace(live=None) for r in trace.records])
+    again = LFP(net).backward(plain, y).grads  # no record: the backward looks once per input
+    assert looks[2:] == [(8, 6, 30), (8, 6, 40)]
+    for k in grads:
+        assert torch.equal(grads[k], again[k]), k

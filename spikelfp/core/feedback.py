@@ -290,7 +290,7 @@ def _correlate_live(ops, n: Tensor, x: Tensor, W_shape, dtype, live) -> Tensor:
     """:func:`correlate_any`; with ``live`` (:class:`fused.LiveColumns` of x) over the gathered
     columns only, the others 0 (each column of the correlation is its own sum over rows: the
     narrow kernel gives the same bits, a BLAS product the same sums to rounding)."""
-    if live is None or not live.index.numel():
+    if live is None or not live.gathered():
         return correlate_any(ops, n, x, W_shape, dtype)
     part = correlate_any(ops, n, live.x, (W_shape[0], live.index.numel()), dtype)
     return torch.zeros(W_shape, dtype=part.dtype).index_copy_(1, live.index, part)

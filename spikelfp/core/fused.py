@@ -284,7 +284,7 @@ def narrow_linear(x: Tensor, W: Tensor, b: Optional[Tensor],
     ``live`` (:func:`gather_live` of x): the columns of x that are not all 0, and x gathered to
     them: the products run over those columns only (the others add nothing; the sums then take
     another order)."""
-    if live is not None:
+    if live is not None and live.gathered():
         x, W = live.x, W.detach().index_select(1, live.index)
     J, K = W.shape
     rows = _flat(x, K)
@@ -761,7 +761,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
     every rule), and they do not change a max; the others are scanned on gathered copies and
     give the same numbers as the whole scan (see :func:`_live_scan`). ``live``: those neurons
     (and the gate x gathered to them) where the caller has found them already
-    (:func:`gather_live`).
+    (:func:`gather_live`; ``NOT_SPARSE``: it looked, and the whole scan runs without a look).
 
     Returns ``(n, sums, F, c)``: ``n`` a list of ``[T, B, *out]`` tensors (one, or (n+, n-) for
     alphabeta) when ``keep``, else None; ``sums`` the list of sum_t n_t ``[B, *out]`` when not
@@ -784,7 +784,7 @@ def reverse_scan(r: Tensor, membrane: Tensor, spikes: Tensor, beta, threshold, *
         if live is None:
             idx = live_columns(lowrank[2], membrane[0, 0].numel(), LIVE_GATHER_MAX)
             live = None if idx is None else LiveColumns(idx)
-        if live is not None:
+        if live is not None and live.index is not None:
             return _live_scan(live, membrane, spikes, beta, threshold, lowrank, out,
                               dict(reset=reset, spiking=spiking, rule=rule, normalize=normalize,
                                    direction=direction, keep=keep, base=base, P=P, N=N))
@@ -835,19 +835,31 @@ LIVE_MIN = 1 << 16   # neuron-steps below which no scan or product looks for sil
 class LiveColumns(NamedTuple):
     """The columns of an input that hold a nonzero (a spike; ``index``, int64, ascending) and,
     when gathered, the input restricted to them (``x``, ``[..., len(index)]``: uint8 for compact
-    spikes, else the input's float dtype; or None)."""
+    spikes, else the input's float dtype; or None). ``index`` None: looked at, and too many are
+    live (or they must not be left out): every column is computed, and nobody looks again."""
 
-    index: Tensor
+    index: Optional[Tensor]
     x: Optional[Tensor] = None
+
+    def gathered(self) -> bool:
+        """Whether some columns are live and x is gathered to them."""
+        return self.index is not None and self.x is not None and self.index.numel() > 0
+
+
+#: what :func:`gather_live` gives when it looked and found too many live columns
+NOT_SPARSE = LiveColumns(None)
 
 
 def gather_live(x: Tensor, most: float) -> Optional[LiveColumns]:
     """:func:`live_columns` of ``x`` ``[..., K]`` over its last dim, with x gathered to them
-    (uint8 for compact x; None where :func:`live_columns` gives None)."""
+    (uint8 for compact x); ``NOT_SPARSE`` where more than ``most`` are live; None where
+    :func:`live_columns` does not look (switched off, a small or non-CPU x)."""
     K = x.shape[-1]
+    if not live_looks(x, K):
+        return None
     idx = live_columns(x, K, most)
     if idx is None:
-        return None
+        return NOT_SPARSE
     x_c = torch.empty((*x.shape[:-1], idx.numel()),
                       dtype=x.dtype if x.is_floating_point() else torch.uint8)
     if idx.numel():
@@ -860,14 +872,19 @@ def live_columns(x: Tensor, cols: int, most: float) -> Optional[Tensor]:
     or float32/float64 on the CPU) that hold a nonzero entry (NaN counts), when they are at most
     ``most`` of the ``cols`` columns and ``x`` is large enough to gain from leaving the others
     out (``LIVE_MIN``); else None (also with the kernels or :func:`skip_silent` switched off)."""
-    dtypes = (torch.uint8, torch.bool, torch.float32, torch.float64)
-    if (not (enabled() and _SKIP_SILENT) or x.device.type != "cpu" or x.numel() < LIVE_MIN
-            or cols < 2 or x.dtype not in dtypes):
+    if not live_looks(x, cols):
         return None
     seen = np.zeros(cols, np.uint8)
     (_or_nonzero_rows if x.is_floating_point() else _or_rows)(_flat(x, cols), seen)
     live = np.flatnonzero(seen)
     return torch.from_numpy(live) if live.size <= most * cols else None
+
+
+def live_looks(x: Tensor, cols: int) -> bool:
+    """Whether :func:`live_columns` looks at ``x`` at all: switched on (:func:`skip_silent`,
+    the kernels), a CPU tensor of a compact or float dtype, at least ``LIVE_MIN`` elements."""
+    return (enabled() and _SKIP_SILENT and x.device.type == "cpu" and x.numel() >= LIVE_MIN
+            and cols >= 2 and x.dtype in (torch.uint8, torch.bool, torch.float32, torch.float64))
 
 
 def _or_rows(x, seen):  # pragma: no cover - compiled by numba

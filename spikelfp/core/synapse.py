@@ -34,17 +34,17 @@ def live_correlate(n: Tensor, x: Tensor) -> Tensor:
     """``n^T x`` for ``n`` ``[R, J]``, ``x`` ``[R, K]``, computing only the rows of the result
     whose column of ``n`` is not zero throughout: a neuron that never spiked in the batch gets no
     LFP feedback (its n is 0 at every step), and its row of the correlation is 0 without a
-    product. On CPU (no gradient, finite ``x``, at least ``LIVE_MIN_MACS`` multiply-adds) when
-    at most ``LIVE_MAX`` of the J columns are live; the computed rows are the same dot products
+    product. On CPU (no gradient, finite ``x``, at least ``LIVE_MIN_MACS`` multiply-adds; the
+    columns found by :func:`fused.live_columns`) when at most ``LIVE_MAX`` of the J columns are
+    live; the computed rows are the same dot products
     as the whole product's (BLAS may sum a product of fewer rows in another order: equal to
     float rounding), the others are 0."""
-    if (not fused.skip_silent() or n.device.type != "cpu" or n.numel() * x.shape[1] < LIVE_MIN_MACS
-            or x.dtype != n.dtype
+    if (n.numel() * x.shape[1] < LIVE_MIN_MACS or x.dtype != n.dtype
             or (torch.is_grad_enabled() and (n.requires_grad or x.requires_grad))):
         return n.t() @ x
-    live = (n.abs().sum(0) != 0).nonzero().squeeze(1)  # a NaN column counts as live
+    live = fused.live_columns(n, n.shape[1], LIVE_MAX)  # a NaN column counts as live
     # a finite sum means a finite x (inf and NaN survive a sum; an overflow only falls back)
-    if live.numel() > LIVE_MAX * n.shape[1] or not bool(torch.isfinite(x.sum())):
+    if live is None or not bool(torch.isfinite(x.sum())):
         return n.t() @ x
     out = torch.zeros((n.shape[1], x.shape[1]), dtype=n.dtype)
     return out.index_copy_(0, live, n.index_select(1, live).t() @ x)

@@ -141,15 +141,14 @@ class _Synaptic(nn.Module):
         no-grad CPU product) with finite weights: the columns of x that hold a spike and x
         gathered to them (:func:`spikelfp.core.fused.gather_live`), when at most
         ``LIVE_GATHER_MAX`` of them do (input neurons that never spiked add nothing to the
-        current); else None."""
+        current); ``fused.NOT_SPARSE`` where it looked and leaves nothing out (kept in the record,
+        so that the backward does not look again); else None."""
         W, b = self.weight, self.bias
         if not (isinstance(self.ops, LinearOps) and x.dim() == 3 and fused.narrow_usable(x, W, b)):
             return None
         live = fused.gather_live(x, fused.LIVE_GATHER_MAX)
-        if live is None or not live.index.numel():  # a silent input: the plain product
-            return None
         # 0 * inf is NaN in the whole product: with non-finite weights nothing is left out
-        return live if bool(torch.isfinite(W.sum())) else None
+        return live if live is None or bool(torch.isfinite(W.sum())) else fused.NOT_SPARSE
 
     def run(self, x: Tensor, steps: Optional[int] = None,
             spike_fn: Optional[Callable[[Tensor], Tensor]] = None,
